@@ -1,0 +1,27 @@
+"""Loading any model this project produces or consumes, by directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bl_core.compression import is_compressed_dir, load_compressed
+from bl_core.errors import InputError
+from bl_core.student import load_pretrained
+
+
+def load_causal_lm(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A compressed student dir (manifest + safetensors) or a Hugging Face model dir."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"model directory {str(path)!r} does not exist")
+    if is_compressed_dir(path):
+        return load_compressed(path, device=device)
+    if (path / "config.json").is_file():
+        return load_pretrained(path).to(device).eval()
+    raise InputError(
+        f"{str(path)!r} is neither a Hugging Face model dir (config.json) nor a compressed "
+        "student (bl_manifest.json)"
+    )

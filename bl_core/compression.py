@@ -1,0 +1,244 @@
+"""Post-training compression (DESIGN §5, paper §3.3 eqs. 6-8).
+
+Per gated module: harden the rank gates (keep ``g_i >= tau_rank``, at least the
+largest), then pick the deployment form from the final retention ``alpha``:
+
+    drop  alpha <  tau_drop           y = B' A' x                      rank r'
+    svd   tau_drop <= alpha < tau_svd  y = [U_k S^½, B'] [S^½ V_kᵀ; A'] x  rank k + r'
+    keep  alpha >= tau_svd            y = (alpha W0 + B' A') x          dense
+
+with ``A' = A[kept]``, ``B' = scale * B[:, kept] * g[kept]`` and
+``k = min(k_max, max(1, ceil(k_max * alpha / tau_svd)))``. The result holds only
+``nn.Linear`` and :class:`~bl_core.modules.LowRankLinear`, and is saved as
+safetensors + a JSON manifest that reloads without gates or controller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import init_empty_weights
+from safetensors.torch import load_file, save_model
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from bl_core.config import CompressionConfig
+from bl_core.costs import compression_summary
+from bl_core.errors import InputError
+from bl_core.io import atomic_directory, atomic_write_json
+from bl_core.modules import GatedLoRALinear, LowRankLinear
+
+MANIFEST_NAME = "bl_manifest.json"
+MANIFEST_FORMAT = "budgeted-lora-compressed"
+WEIGHTS_NAME = "model.safetensors"
+Form = Literal["keep", "svd", "drop"]
+
+
+@dataclass(frozen=True)
+class ModulePlan:
+    """What compression does to one module; ``rank`` is the deployed rank (0 for keep)."""
+
+    name: str
+    d_in: int
+    d_out: int
+    alpha: float
+    form: Form
+    lora_rank: int
+    svd_rank: int
+    bias: bool
+
+    @property
+    def rank(self) -> int:
+        return {"keep": 0, "svd": self.svd_rank + self.lora_rank, "drop": self.lora_rank}[self.form]
+
+    @property
+    def dense_macs(self) -> int:
+        return self.d_in * self.d_out
+
+    @property
+    def compressed_macs(self) -> int:
+        """MACs per token after compression (weights only, as in the paper)."""
+        if self.form == "keep":
+            return self.d_in * self.d_out
+        return self.rank * (self.d_in + self.d_out)
+
+
+def kept_ranks(gates: Tensor, tau_rank: float) -> Tensor:
+    """Indices of ranks whose gate is ``>= tau_rank``; at least the largest one."""
+    kept = torch.nonzero(gates >= tau_rank).flatten()
+    if kept.numel() == 0:
+        kept = gates.argmax().reshape(1)
+    return kept
+
+
+def choose_form(alpha: float, cfg: CompressionConfig) -> tuple[Form, int]:
+    """``(form, svd_rank k)`` for a final retention ``alpha``."""
+    if alpha < cfg.tau_drop:
+        return "drop", 0
+    if alpha < cfg.tau_svd:
+        k = min(cfg.svd_max_rank, max(1, math.ceil(cfg.svd_max_rank * alpha / cfg.tau_svd)))
+        return "svd", k
+    return "keep", 0
+
+
+def plan_module(
+    name: str, module: GatedLoRALinear, cfg: CompressionConfig, gates: Tensor | None = None
+) -> ModulePlan:
+    """Plan one module. ``gates`` overrides ``module.gates()`` (for meta-device planning)."""
+    gates = module.gates().detach() if gates is None else gates
+    form, k = choose_form(module.retention_value, cfg)
+    k = min(k, module.in_features, module.out_features)  # a matrix has no more singular values
+    return ModulePlan(
+        name=name,
+        d_in=module.in_features,
+        d_out=module.out_features,
+        alpha=module.retention_value,
+        form=form,
+        lora_rank=int(kept_ranks(gates, cfg.tau_rank).numel()),
+        svd_rank=k,
+        bias=module.base.bias is not None,
+    )
+
+
+def plan_compression(
+    modules: Sequence[tuple[str, GatedLoRALinear]],
+    cfg: CompressionConfig,
+    assume_open_gates: bool = False,
+) -> list[ModulePlan]:
+    """Plans for all modules; ``assume_open_gates`` treats every gate as 1 (``bl plan``)."""
+    plans = []
+    for name, module in modules:
+        gates = torch.ones(module.rank) if assume_open_gates else None
+        plans.append(plan_module(name, module, cfg, gates))
+    return plans
+
+
+@torch.no_grad()
+def compress_module(module: GatedLoRALinear, plan: ModulePlan, cfg: CompressionConfig) -> nn.Module:
+    """Build the deployed form of one module (float32 maths, cast back to its dtype)."""
+    dtype, device = module.lora_A.dtype, module.lora_A.device
+    kept = kept_ranks(module.gates().detach(), cfg.tau_rank)
+    a_full, b_full = module.low_rank_factors()
+    a = a_full.detach()[kept].float()  # (r', d_in)
+    b = b_full.detach()[:, kept].float()  # (d_out, r')
+    w0 = module.base.weight.detach().float()  # (d_out, d_in)
+    bias = module.base.bias
+    if plan.form == "keep":
+        out = nn.Linear(plan.d_in, plan.d_out, bias=bias is not None, device=device, dtype=dtype)
+        out.weight.copy_(plan.alpha * w0 + b @ a)
+        if bias is not None:
+            out.bias.copy_(plan.alpha * bias.float())
+        return out
+    if plan.form == "drop":
+        out = LowRankLinear(
+            plan.d_in, plan.d_out, plan.rank, bias=False, device=device, dtype=dtype
+        )
+        out.down.weight.copy_(a)
+        out.up.weight.copy_(b)
+        return out
+    u, s, vh = torch.linalg.svd(plan.alpha * w0, full_matrices=False)
+    root = s[: plan.svd_rank].sqrt()
+    down = torch.cat([root[:, None] * vh[: plan.svd_rank], a], dim=0)  # (k + r', d_in)
+    up = torch.cat([u[:, : plan.svd_rank] * root[None, :], b], dim=1)  # (d_out, k + r')
+    out = LowRankLinear(plan.d_in, plan.d_out, plan.rank, bias=bias is not None, device=device)
+    out = out.to(dtype)
+    out.down.weight.copy_(down)
+    out.up.weight.copy_(up)
+    if bias is not None:
+        out.up.bias.copy_(plan.alpha * bias.float())
+    return out
+
+
+def compress_model(model: nn.Module, cfg: CompressionConfig) -> list[ModulePlan]:
+    """Replace every :class:`GatedLoRALinear` of ``model`` in place by its deployed form."""
+    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)]
+    if not modules:
+        raise InputError("model has no gated LoRA modules to compress")
+    plans = plan_compression(modules, cfg)
+    for (name, module), plan in zip(modules, plans):
+        parent_name, _, child = name.rpartition(".")
+        compressed = compress_module(module, plan, cfg)
+        for value in compressed.parameters():
+            if not torch.isfinite(value).all():
+                raise ValueError(f"compressing {name!r} gave non-finite weights")
+        setattr(model.get_submodule(parent_name), child, compressed)
+    return plans
+
+
+def save_compressed(
+    model: PreTrainedModel,
+    plans: Sequence[ModulePlan],
+    out_dir: str | Path,
+    lora_rank: int,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and the manifest, atomically."""
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        model.config.save_pretrained(tmp)
+        save_model(model, str(tmp / WEIGHTS_NAME))  # dedups tied embeddings
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": 1,
+            "summary": compression_summary(plans, lora_rank),
+            "modules": [asdict(p) | {"rank": p.rank} for p in plans],
+            **(extra or {}),
+        }
+        atomic_write_json(tmp / MANIFEST_NAME, manifest)
+    return out_dir
+
+
+def is_compressed_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    manifest_path = Path(path) / MANIFEST_NAME
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise InputError(
+            f"{str(path)!r} is not a compressed student (no {MANIFEST_NAME})"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"manifest {str(manifest_path)!r} is not valid JSON: {err}") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"manifest {str(manifest_path)!r} has format {manifest.get('format')!r}")
+    return manifest
+
+
+def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> PreTrainedModel:
+    """Rebuild a compressed student from its directory. Never unpickles anything."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    with init_empty_weights():  # parameters on meta; buffers (RoPE) real
+        model = AutoModelForCausalLM.from_config(config)
+    for entry in manifest["modules"]:
+        parent_name, _, child = entry["name"].rpartition(".")
+        if entry["form"] == "keep":
+            module = nn.Linear(entry["d_in"], entry["d_out"], bias=entry["bias"], device="meta")
+        else:
+            module = LowRankLinear(
+                entry["d_in"], entry["d_out"], entry["rank"], bias=entry["bias"], device="meta"
+            )
+        setattr(model.get_submodule(parent_name), child, module)
+    weights_path = path / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise InputError(f"compressed student {str(path)!r} has no {WEIGHTS_NAME}")
+    state = load_file(str(weights_path), device=str(device))
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise InputError(f"{weights_path}: unexpected weights {result.unexpected_keys[:5]}")
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if still_meta:
+        raise InputError(f"{weights_path}: missing weights {still_meta[:5]}")
+    return model.to(device).eval()

@@ -1,0 +1,257 @@
+"""One typed, validated configuration for the whole method (DESIGN §2-§9).
+
+Every section is a frozen pydantic model with ``extra="forbid"``, so a typo in a
+YAML key is an error, not a silently ignored setting. Defaults live only here.
+User-facing loaders (:func:`load_config`, :func:`config_from_dict`,
+:func:`apply_overrides`) turn pydantic's errors into one :class:`ConfigError`
+whose lines read ``budget.final_fraction=1.3: must be in [0, 1]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bl_core.errors import ConfigError
+from bl_core.io import atomic_write_text
+
+# DESIGN §3: the 7 linear projections of a Llama/Mistral/Qwen2 decoder layer.
+TARGET_MODULES: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+LayerSelection = Literal["first", "truncated", "middle", "last", "mixed"]
+Method = Literal["pretrain", "kd_full", "kd_lora", "budgeted"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class StudentConfig(_Section):
+    """Student construction (DESIGN §2)."""
+
+    num_layers: int = Field(6, ge=1)
+    layer_selection: LayerSelection = "mixed"
+
+
+class LoRAConfig(_Section):
+    """Gated LoRA modules (DESIGN §3). ``scale = lora_alpha / rank``."""
+
+    rank: int = Field(128, ge=1)
+    lora_alpha: float = Field(256.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    gate_init_logit: float = 3.0
+    targets: tuple[str, ...] = TARGET_MODULES
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
+        if not targets:
+            raise ValueError(f"must name at least one of {', '.join(TARGET_MODULES)}")
+        unknown = [t for t in targets if t not in TARGET_MODULES]
+        if unknown:
+            raise ValueError(
+                f"unknown target module(s) {', '.join(unknown)}; known: {', '.join(TARGET_MODULES)}"
+            )
+        if len(set(targets)) != len(targets):
+            raise ValueError("names a module more than once")
+        return targets
+
+    @property
+    def scale(self) -> float:
+        return self.lora_alpha / self.rank
+
+
+class BudgetConfig(_Section):
+    """Budget schedule and controller (DESIGN §4)."""
+
+    final_fraction: float = Field(0.4, ge=0, le=1)
+    schedule_start: float = Field(0.1, ge=0, le=1)
+    schedule_end: float = Field(0.3, ge=0, le=1)
+    ema_beta: float = Field(0.9, ge=0, lt=1)
+    removal_score: Literal["cost"] = "cost"
+
+    @model_validator(mode="after")
+    def _window_ordered(self) -> BudgetConfig:
+        if self.schedule_start > self.schedule_end:
+            raise ValueError(
+                f"schedule_start={self.schedule_start} > schedule_end={self.schedule_end}: "
+                "the decay window needs schedule_start <= schedule_end"
+            )
+        return self
+
+
+class CompressionConfig(_Section):
+    """Post-training compression thresholds (DESIGN §5). ``tau_drop`` is also the
+    controller's clamp: a retention below it becomes exactly 0 (DESIGN §4)."""
+
+    tau_drop: float = Field(0.05, ge=0, le=1)
+    tau_svd: float = Field(0.5, gt=0, le=1)
+    tau_rank: float = Field(0.5, gt=0, lt=1)
+    svd_max_rank: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> CompressionConfig:
+        if self.tau_drop > self.tau_svd:
+            raise ValueError(
+                f"tau_drop={self.tau_drop} > tau_svd={self.tau_svd}: thresholds must satisfy "
+                "tau_drop <= tau_svd"
+            )
+        return self
+
+
+class KDConfig(_Section):
+    """Distillation objective (DESIGN §6): L = kd_weight * T^2 KL + (1 - kd_weight) CE."""
+
+    temperature: float = Field(3.0, gt=0)
+    kd_weight: float = Field(0.8, ge=0, le=1)
+    chunk_size: int = Field(4096, ge=1)
+
+
+class CorpusConfig(_Section):
+    """Where documents come from (DESIGN §8). ``source="embedded"`` needs no download.
+
+    ``document_unit`` (``files`` only): one document per file, or per blank-line block.
+    ``synthetic_icl_fraction``: share of *documents* that are synthetic Q:/A: episodes,
+    generated from ``synthetic_icl_seed`` (see ``bl_core.corpus``).
+    """
+
+    source: Literal["embedded", "files", "jsonl", "hf"] = "embedded"
+    path: str | None = None
+    document_unit: Literal["file", "block"] = "file"
+    text_field: str = "text"
+    id_field: str | None = None
+    hf_config_name: str | None = None
+    hf_split: str = "train"
+    streaming: bool = False
+    max_documents: int | None = Field(None, ge=1)
+    synthetic_icl_fraction: float = Field(0.0, ge=0, lt=1)
+    synthetic_icl_seed: int = 0
+    eval_per_10k: int = Field(20, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _path_given(self) -> CorpusConfig:
+        if self.source != "embedded" and not self.path:
+            raise ValueError(f"source={self.source!r} needs corpus.path")
+        return self
+
+
+class TokenizerConfig(_Section):
+    """``path=None`` trains a byte-level BPE on the training slice (embedded ladder)."""
+
+    path: str | None = None
+    vocab_size: int = Field(4096, ge=260)
+
+
+class PackingConfig(_Section):
+    seq_len: int = Field(1024, ge=2)
+    val_tokens: int = Field(10_000_000, ge=1)
+
+
+class PerplexityConfig(_Section):
+    batch_size: int = Field(8, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class ICLConfig(_Section):
+    """In-context-learning probes (DESIGN §9)."""
+
+    tasks: tuple[str, ...] | None = None
+    data_dir: str | None = None
+    num_shots: int = Field(10, ge=0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    items_per_task: int = Field(100, ge=1)
+    max_new_tokens: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)
+    query_prefix: str = "Q:"
+    answer_prefix: str = "A:"
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if not seeds:
+            raise ValueError("needs at least one demonstration seed")
+        return seeds
+
+
+class BudgetedLoRAConfig(_Section):
+    """The resolved configuration saved beside every checkpoint."""
+
+    student: StudentConfig = StudentConfig()
+    lora: LoRAConfig = LoRAConfig()
+    budget: BudgetConfig = BudgetConfig()
+    compression: CompressionConfig = CompressionConfig()
+    kd: KDConfig = KDConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    packing: PackingConfig = PackingConfig()
+    perplexity: PerplexityConfig = PerplexityConfig()
+    icl: ICLConfig = ICLConfig()
+
+
+def _format_error(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        if e["type"] in ("missing", "model_type") or isinstance(value, dict):
+            lines.append(f"{loc}: {msg}")
+        else:
+            lines.append(f"{loc}={value!r}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> BudgetedLoRAConfig:
+    """Validate a nested dict; raise :class:`ConfigError` naming every bad field."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"configuration must be a mapping, got {type(data).__name__}")
+    try:
+        return BudgetedLoRAConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path) -> BudgetedLoRAConfig:
+    """Read a YAML file and validate it; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def apply_overrides(config: BudgetedLoRAConfig, overrides: dict[str, Any]) -> BudgetedLoRAConfig:
+    """Return a new config with dotted-key overrides (``{"budget.final_fraction": 0.0}``)."""
+    data = config.model_dump()
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"{dotted}: no such configuration section {key!r}")
+            node = node[key]
+        if leaf not in node:
+            raise ConfigError(f"{dotted}: no such configuration field")
+        node[leaf] = value
+    return config_from_dict(data)
+
+
+def save_config(config: BudgetedLoRAConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

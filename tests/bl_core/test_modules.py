@@ -1,0 +1,83 @@
+import pytest
+import torch
+from torch import nn
+
+from bl_core.modules import GatedLoRALinear, LowRankLinear
+
+
+def _gated(bias: bool = True, use_gates: bool = True, seed: int = 0) -> GatedLoRALinear:
+    torch.manual_seed(seed)
+    return GatedLoRALinear(
+        nn.Linear(12, 20, bias=bias), rank=4, lora_alpha=8.0, use_gates=use_gates
+    )
+
+
+def test_equals_base_when_B_is_zero():
+    m = _gated()
+    x = torch.randn(3, 5, 12)
+    torch.testing.assert_close(m(x), m.base(x), rtol=0, atol=0)
+
+
+def test_equals_lora_formula_for_random_factors():
+    m = _gated()
+    with torch.no_grad():
+        m.lora_B.normal_()
+        m.gate_logits.normal_()
+    m.set_retention(0.3)
+    x = torch.randn(3, 5, 12)
+    g = torch.sigmoid(m.gate_logits)
+    s = 8.0 / 4
+    expected = 0.3 * (x @ m.base.weight.T + m.base.bias) + s * (x @ m.lora_A.T * g) @ m.lora_B.T
+    torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.delta_weight(), s * m.lora_B @ torch.diag(g) @ m.lora_A)
+
+
+def test_dense_path_is_skipped_at_zero_retention():
+    m = _gated()
+    with torch.no_grad():
+        m.lora_B.normal_()
+        m.base.weight.fill_(float("nan"))
+        m.base.bias.fill_(float("nan"))
+    calls = []
+    m.base.register_forward_hook(lambda *a: calls.append(1))
+    m.set_retention(0.0)
+    y = m(torch.randn(2, 12))
+    assert torch.isfinite(y).all(), "W0 (NaN) leaked into the output: dense matmul not skipped"
+    assert calls == []
+
+
+def test_only_lora_params_get_gradients_and_base_frozen():
+    m = _gated()
+    m(torch.randn(4, 12)).sum().backward()
+    assert m.base.weight.grad is None and not m.base.weight.requires_grad
+    assert m.lora_A.grad is not None and m.lora_B.grad is not None
+    assert m.gate_logits.grad is not None
+
+
+def test_plain_lora_has_no_gates():
+    m = _gated(use_gates=False)
+    assert m.gate_logits is None
+    torch.testing.assert_close(m.gates(), torch.ones(4))
+
+
+def test_retention_survives_state_dict_round_trip():
+    m = _gated()
+    m.set_retention(0.25)
+    m2 = _gated(seed=1)
+    m2.load_state_dict(m.state_dict())
+    assert m2.retention_value == 0.25
+    x = torch.randn(2, 12)
+    torch.testing.assert_close(m2(x), m(x))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_set_retention_rejects_out_of_range(bad):
+    with pytest.raises(ValueError, match="retention"):
+        _gated().set_retention(bad)
+
+
+def test_low_rank_linear_matches_its_dense_weight():
+    torch.manual_seed(0)
+    m = LowRankLinear(6, 9, 3, bias=True)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(m(x), x @ m.dense_weight().T + m.up.bias)

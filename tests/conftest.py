@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny Mistral-style models and a tiny byte-level BPE tokenizer.
+
+Everything is built from configs in memory: tests never download (HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def make_mistral_config(
+    num_layers: int = 4,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = 300,
+    **kwargs,
+):
+    from transformers import MistralConfig
+
+    return MistralConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=256,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        **kwargs,
+    )
+
+
+def make_mistral(seed: int = 0, **kwargs) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(make_mistral_config(**kwargs))
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_mistral() -> torch.nn.Module:
+    """A 4-layer, d=32 random Mistral-style causal LM (GQA 4/2 heads, SwiGLU, RoPE)."""
+    return make_mistral()
+
+
+_TOKENIZER_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Q:apple\nA:Apple\n\nQ:banana\nA:Banana",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789",
+    "Python is a programming language that lets you work quickly.",
+]
+
+
+def make_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained in memory, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TOKENIZER_TEXT * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tokenizer()
