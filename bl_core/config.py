@@ -180,7 +180,83 @@ class ICLConfig(_Section):
     def _some_seeds(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
         if not seeds:
             raise ValueError("needs at least one demonstration seed")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("names a seed more than once")
         return seeds
+
+
+class TrainConfig(_Section):
+    """One training run (paper §4): AdamW, cosine LR with 3% warmup capped at 2000 steps,
+    zero weight decay, clipping at 1.0; the step count follows from the token budget."""
+
+    total_tokens: int = Field(2_550_000_000, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    warmup_fraction: float = Field(0.03, ge=0, lt=1)
+    warmup_max_steps: int = Field(2000, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    num_processes: int = Field(1, ge=1)
+
+
+class ModelArchConfig(_Section):
+    """A Mistral-style architecture (pre-norm, RoPE, SwiGLU, GQA) to pretrain from scratch."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(384, ge=1)
+    max_position_embeddings: int = Field(1024, ge=2)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelArchConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}"
+            )
+        return self
+
+
+class TeacherConfig(_Section):
+    """A rung of the teacher ladder: a local checkpoint (``path``) or an architecture
+    pretrained from scratch on the corpus (``arch``), exactly one of the two."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    path: str | None = None
+    arch: ModelArchConfig | None = None
+    pretrain_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        if (self.path is None) == (self.arch is None):
+            raise ValueError(f"teacher {self.name!r} needs exactly one of path or arch")
+        return self
+
+
+class GridConfig(_Section):
+    """What the full grid compares (DESIGN §1)."""
+
+    methods: tuple[Method, ...] = ("kd_full", "kd_lora", "budgeted")
+    budgets: tuple[float, ...] = (0.0, 0.4)
+    scratch_reference: bool = False
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_in_range(cls, budgets: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [b for b in budgets if not 0.0 <= b <= 1.0]
+        if bad:
+            raise ValueError(f"final fractions {bad} are outside [0, 1]")
+        return budgets
 
 
 class BudgetedLoRAConfig(_Section):
@@ -196,6 +272,18 @@ class BudgetedLoRAConfig(_Section):
     packing: PackingConfig = PackingConfig()
     perplexity: PerplexityConfig = PerplexityConfig()
     icl: ICLConfig = ICLConfig()
+    train: TrainConfig = TrainConfig()
+    pretrain: TrainConfig = TrainConfig(learning_rate=1e-3)
+    teachers: tuple[TeacherConfig, ...] = ()
+    grid: GridConfig = GridConfig()
+
+    @field_validator("teachers")
+    @classmethod
+    def _unique_teacher_names(cls, teachers: tuple[TeacherConfig, ...]) -> tuple:
+        names = [t.name for t in teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        return teachers
 
 
 def _format_error(err: ValidationError, prefix: str = "") -> str:

@@ -1,0 +1,148 @@
+"""Training checkpoints and trained-student directories.
+
+A checkpoint ``<run>/checkpoints/step-NNNNNNNN/`` holds everything needed to resume
+bit-identically on CPU: model weights (safetensors), optimizer and scheduler state and
+per-rank RNG states (a torch file read back with ``weights_only=True``), and the step,
+data position and controller state (JSON). Each is written to a temporary directory and
+renamed, so a directory named ``step-*`` is always complete.
+
+A trained student ``<run>/final/`` is a Hugging Face directory (``config.json`` +
+``model.safetensors``); gated students add ``bl_student.json`` describing the adapters,
+from which :func:`load_trained_student` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from safetensors.torch import load_file, save_model
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from bl_core.errors import InputError
+from bl_core.io import atomic_directory, atomic_write_json
+from bl_core.student import gated_modules, inject_gated_lora
+
+STUDENT_META = "bl_student.json"
+WEIGHTS = "model.safetensors"
+_STEP_PREFIX = "step-"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"{_STEP_PREFIX}{step:08d}"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_STEP_PREFIX))
+    return steps[-1] if steps else None
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    training_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+    json_state: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write one complete checkpoint atomically and prune older ones."""
+    target = checkpoint_dir(run_dir, step)
+    with atomic_directory(target, overwrite=True) as tmp:
+        save_model(model, str(tmp / WEIGHTS))
+        torch.save(training_state, tmp / "training_state.pt")
+        for rank, rng in enumerate(rng_states):
+            torch.save(rng, tmp / f"rng-rank{rank}.pt")
+        atomic_write_json(tmp / "state.json", {"step": step, **json_state})
+    older = sorted((run_dir / "checkpoints").glob(f"{_STEP_PREFIX}*"))[:-keep_last]
+    for path in older:
+        shutil.rmtree(path, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: Path, model: nn.Module, rank: int = 0) -> tuple[dict, dict, dict]:
+    """Load weights into ``model``; return (training_state, rng_state, json_state)."""
+    try:
+        state = load_file(str(path / WEIGHTS))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {k for k in missing if k.endswith("lm_head.weight")}
+        if set(missing) - tied or unexpected:
+            raise InputError(
+                f"checkpoint {str(path)!r} does not match the model: missing "
+                f"{sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}"
+            )
+        training_state = torch.load(path / "training_state.pt", weights_only=True)
+        rng_file = path / f"rng-rank{rank}.pt"
+        rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else {}
+        json_state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError, RuntimeError) as err:
+        raise InputError(f"checkpoint {str(path)!r} is unreadable: {err}") from None
+    return training_state, rng, json_state
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    if "cpu" in state:
+        torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_trained_student(
+    model: PreTrainedModel, out_dir: Path, adapter: dict[str, Any] | None
+) -> Path:
+    """Write the final student; ``adapter`` (rank, lora_alpha, targets, use_gates) for
+    gated or LoRA students, ``None`` for plain ones."""
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        model.config.save_pretrained(tmp)
+        save_model(model, str(tmp / WEIGHTS))
+        if adapter is not None:
+            retentions = {name: m.retention_value for name, m in gated_modules(model)}
+            atomic_write_json(tmp / STUDENT_META, {**adapter, "retentions": retentions})
+    return out_dir
+
+
+def is_trained_student_dir(path: str | Path) -> bool:
+    return (Path(path) / STUDENT_META).is_file()
+
+
+def load_trained_student(path: str | Path) -> PreTrainedModel:
+    """Rebuild a student saved by :func:`save_trained_student` (gated or plain)."""
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
+        raise InputError(f"{str(path)!r} is not a trained student (config.json, {WEIGHTS})")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    meta_path = path / STUDENT_META
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        inject_gated_lora(
+            model,
+            rank=meta["rank"],
+            lora_alpha=meta["lora_alpha"],
+            targets=meta["targets"],
+            use_gates=meta["use_gates"],
+        )
+    result = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False, assign=True)
+    if result.unexpected_keys:
+        raise InputError(f"{path / WEIGHTS}: unexpected weights {result.unexpected_keys[:3]}")
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise InputError(f"{path / WEIGHTS}: missing weights {missing[:3]}")
+    return model.eval()

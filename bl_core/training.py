@@ -1,0 +1,435 @@
+"""One trainer for teacher pretraining, KD Full, KD LoRA and Budgeted LoRA (DESIGN §1,
+§3-§7; paper §4).
+
+Built on ``accelerate`` so the same loop runs on 1 CPU, 1 GPU or several GPUs (DDP via
+``accelerate launch``/``torchrun``), with bf16 autocast where the GPU supports it.
+AdamW, cosine learning rate with warmup of 3% of steps capped at 2000, zero weight
+decay, clipping at 1.0; the step count follows from the token budget:
+
+    total_steps = total_tokens // (micro_batch * seq_len * grad_accum * world_size)
+
+``budgeted`` steps the controller once per optimizer step, before the forward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext as _nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from bl_core.config import BudgetedLoRAConfig, Method, TrainConfig
+from bl_core.controller import BudgetController
+from bl_core.costs import dense_cost, lora_cost, train_compute_proxy
+from bl_core.errors import BLError, InputError
+from bl_core.io import atomic_write_json
+from bl_core.losses import distillation_loss
+from bl_core.modules import GatedLoRALinear
+from bl_core.packing import PackedDataset
+from bl_core.student import inject_gated_lora, mark_only_lora_trainable
+from bl_core.tracking import MetricsLogger, NullLogger
+from bl_core.train_state import (
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    save_trained_student,
+)
+
+SUMMARY_NAME = "summary.json"
+
+
+class TrainingError(BLError):
+    """Training cannot go on (non-finite loss, a budget that never bit, ...)."""
+
+
+@dataclass
+class Prepared:
+    """A student made ready for one method."""
+
+    model: nn.Module
+    gated: list[tuple[str, GatedLoRALinear]]
+    adapter: dict[str, Any] | None
+
+
+def prepare_student(student: nn.Module, method: Method, cfg: BudgetedLoRAConfig) -> Prepared:
+    """Inject adapters and freeze per method. ``pretrain``/``kd_full`` train everything."""
+    if method in ("pretrain", "kd_full"):
+        for p in student.parameters():
+            p.requires_grad_(True)
+        return Prepared(student, [], None)
+    use_gates = method == "budgeted"  # KD LoRA: plain LoRA, retention fixed at 1
+    lo = cfg.lora
+    gated = inject_gated_lora(
+        student, lo.rank, lo.lora_alpha, lo.dropout, lo.gate_init_logit, lo.targets, use_gates
+    )
+    mark_only_lora_trainable(student)
+    adapter = {
+        "rank": lo.rank,
+        "lora_alpha": lo.lora_alpha,
+        "targets": list(lo.targets),
+        "use_gates": use_gates,
+        "method": method,
+    }
+    return Prepared(student, gated, adapter)
+
+
+def plan_steps(t: TrainConfig, seq_len: int, world_size: int) -> int:
+    """Optimizer steps for ``t.total_tokens``; an error if that is less than one step."""
+    tokens = t.total_tokens
+    per_step = t.micro_batch_size * seq_len * t.grad_accum_steps * world_size
+    steps = tokens // per_step
+    if steps < 1:
+        raise TrainingError(
+            f"token budget {tokens} is smaller than one optimizer step of {per_step} tokens "
+            f"(micro_batch_size={t.micro_batch_size} x seq_len={seq_len} x grad_accum_steps="
+            f"{t.grad_accum_steps} x {world_size} processes)"
+        )
+    return steps
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+
+
+def batch_indices(
+    step: int, micro: int, micro_batch: int, accum: int, seed: int, n: int, rank: int, world: int
+) -> list[int]:
+    """Sequence indices of one micro-batch: a seeded permutation per epoch, sharded by rank.
+
+    A pure function of (step, micro-step): resuming needs only the step number, and the
+    ranks of a multi-process run together see what one process would.
+    """
+    start = ((step * accum + micro) * world + rank) * micro_batch
+    out = []
+    for pos in range(start, start + micro_batch):
+        epoch, offset = divmod(pos, n)
+        out.append(int(_epoch_permutation(seed, epoch, n)[offset]))
+    return out
+
+
+def _vocab_check(student: nn.Module, teacher: nn.Module | None, vocab_size: int) -> None:
+    sizes = {"student": student.get_input_embeddings().num_embeddings}
+    if teacher is not None:
+        sizes["teacher"] = teacher.get_input_embeddings().num_embeddings
+    for side, size in sizes.items():
+        if size < vocab_size:
+            raise InputError(
+                f"vocabulary mismatch: the {side} has {size} token embeddings but the "
+                f"tokenizer has {vocab_size} tokens ({sizes})"
+            )
+
+
+def _precision(mode: str) -> str:
+    if mode == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return mode
+
+
+def _short(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj`` for per-module metrics."""
+    parts = name.split(".")
+    if "layers" in parts:
+        i = parts.index("layers")
+        return f"L{parts[i + 1]}.{parts[-1]}"
+    return name
+
+
+def module_metrics(gated: list[tuple[str, GatedLoRALinear]], tau_rank: float) -> dict[str, float]:
+    """Per-module alpha and active rank (gates >= tau_rank), logged at logging steps."""
+    out: dict[str, float] = {}
+    for name, m in gated:
+        out[f"alpha/{_short(name)}"] = m.retention_value
+        if m.gate_logits is not None:
+            out[f"rank/{_short(name)}"] = float((m.gates() >= tau_rank).sum().item())
+    return out
+
+
+class _Run:
+    """State of one training run; :func:`train` is the public entry point."""
+
+    def __init__(self, student, teacher, method, data, cfg, run_dir, vocab_size, tc, logger):
+        self.method, self.data, self.cfg, self.tc = method, data, cfg, tc
+        self.run_dir, self.vocab_size = run_dir, vocab_size
+        self.logger = logger or NullLogger()
+        self.acc = Accelerator(mixed_precision=_precision(tc.mixed_precision), cpu=None)
+        torch.manual_seed(tc.seed)
+        self.prepared = prepare_student(student, method, cfg)
+        self.total_steps = plan_steps(tc, data.meta["seq_len"], self.acc.num_processes)
+        self.controller = self._controller() if method == "budgeted" else None
+        params = [p for p in student.parameters() if p.requires_grad]
+        self.params = params
+        optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        warmup = min(math.ceil(tc.warmup_fraction * self.total_steps), tc.warmup_max_steps)
+        # The scheduler stays outside accelerate.prepare: a prepared one steps once per process.
+        self.scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.total_steps)
+        self.model, self.optimizer = self.acc.prepare(student, optimizer)
+        self.teacher = self._teacher(teacher)
+        self.step, self.tokens, self.elapsed, self.teacher_s = 0, 0, 0.0, 0.0
+
+    def _controller(self) -> BudgetController:
+        b = self.cfg.budget
+        return BudgetController(
+            self.prepared.gated,
+            self.total_steps,
+            b.final_fraction,
+            b.schedule_start,
+            b.schedule_end,
+            b.ema_beta,
+            self.cfg.compression.tau_drop,
+            b.removal_score,
+        )
+
+    def _teacher(self, teacher: nn.Module | None) -> nn.Module | None:
+        if self.method == "pretrain":
+            return None
+        if teacher is None:
+            raise InputError(f"method {self.method!r} needs a teacher model")
+        teacher = teacher.to(self.acc.device).eval().requires_grad_(False)
+        if self.acc.device.type == "cuda" and _precision(self.tc.mixed_precision) == "bf16":
+            teacher = teacher.to(torch.bfloat16)
+        return teacher
+
+    # -- checkpointing -------------------------------------------------------------------
+    def resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return
+        model = self.acc.unwrap_model(self.model)
+        state, rng, js = load_checkpoint(ckpt, model, self.acc.process_index)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.controller is not None:
+            self.controller.load_state_dict(js["controller"])
+        restore_rng(rng)
+        self.step, self.tokens = js["step"], js["tokens"]
+        self.elapsed, self.teacher_s = js["elapsed_s"], js["teacher_s"]
+        self.acc.print(f"resumed {self.method} from {ckpt} (step {self.step})")
+
+    def checkpoint(self) -> None:
+        rngs = gather_object([capture_rng()]) if self.acc.num_processes > 1 else [capture_rng()]
+        if self.acc.is_main_process:
+            save_checkpoint(
+                self.run_dir,
+                self.step,
+                self.acc.unwrap_model(self.model),
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                },
+                rngs,
+                {
+                    "tokens": self.tokens,
+                    "elapsed_s": self.elapsed,
+                    "teacher_s": self.teacher_s,
+                    "controller": self.controller.state_dict() if self.controller else None,
+                },
+            )
+        self.acc.wait_for_everyone()
+
+    # -- one optimizer step --------------------------------------------------------------
+    def _micro_batch(self, micro: int) -> torch.Tensor:
+        t = self.tc
+        idx = batch_indices(
+            self.step,
+            micro,
+            t.micro_batch_size,
+            t.grad_accum_steps,
+            t.seed,
+            len(self.data),
+            self.acc.process_index,
+            self.acc.num_processes,
+        )
+        return torch.stack([self.data[i]["input_ids"] for i in idx]).to(self.acc.device)
+
+    def train_step(self) -> dict[str, float]:
+        stats = self.controller.step() if self.controller is not None else {}
+        kd = self.cfg.kd
+        accum = self.tc.grad_accum_steps
+        total = kd_part = ce_part = 0.0
+        for micro in range(accum):
+            ids = self._micro_batch(micro)  # (B, T)
+            teacher_logits = None
+            if self.teacher is not None:
+                start = time.perf_counter()
+                with torch.no_grad():
+                    teacher_logits = self.teacher(input_ids=ids).logits
+                self.teacher_s += time.perf_counter() - start
+            sync = micro == accum - 1
+            ctx = self.acc.no_sync(self.model) if not sync else _nullcontext()
+            with ctx, self.acc.autocast():
+                logits = self.model(input_ids=ids).logits
+                parts = distillation_loss(
+                    logits,
+                    teacher_logits,
+                    ids,
+                    temperature=kd.temperature,
+                    kd_weight=kd.kd_weight,
+                    vocab_size=self.vocab_size,
+                    chunk_size=kd.chunk_size,
+                )
+                self.acc.backward(parts.total / accum)
+            total += parts.total.item() / accum
+            kd_part += parts.kd.item() / accum
+            ce_part += parts.ce.item() / accum
+            self.tokens += ids.numel() * self.acc.num_processes
+        if not math.isfinite(total):
+            raise TrainingError(
+                f"non-finite loss {total} at step {self.step + 1} of method {self.method!r}"
+            )
+        grad_norm = self.acc.clip_grad_norm_(self.params, self.tc.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {
+            "loss": total,
+            "loss_kd": kd_part,
+            "loss_ce": ce_part,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            **stats,
+        }
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, on_step) -> dict[str, Any]:
+        tc = self.tc
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.method,
+            unit="step",
+            disable=not sys.stderr.isatty() or not self.acc.is_main_process,
+        )
+        window_start, window_tokens, window_teacher = time.perf_counter(), self.tokens, 0.0
+        while self.step < self.total_steps:
+            teacher_before = self.teacher_s
+            t0 = time.perf_counter()
+            metrics = self.train_step()
+            self.elapsed += time.perf_counter() - t0
+            window_teacher += self.teacher_s - teacher_before
+            bar.update(1)
+            if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                now = time.perf_counter()
+                seconds = max(now - window_start, 1e-9)
+                tokens = self.tokens - window_tokens
+                metrics["tokens_per_s"] = tokens / seconds
+                metrics["student_tokens_per_s"] = tokens / max(seconds - window_teacher, 1e-9)
+                if self.controller is not None:
+                    metrics |= module_metrics(self.prepared.gated, self.cfg.compression.tau_rank)
+                if self.acc.is_main_process:
+                    self.logger.log_metrics(metrics, self.step)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+                window_start, window_tokens, window_teacher = now, self.tokens, 0.0
+            if self.step % tc.checkpoint_every == 0 or self.step == self.total_steps:
+                self.checkpoint()
+            if on_step is not None:
+                on_step(self.step)
+        bar.close()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        gated = self.prepared.gated
+        shapes = [(m.in_features, m.out_features) for _, m in gated]
+        summary: dict[str, Any] = {
+            "method": self.method,
+            "steps": self.total_steps,
+            "tokens": self.tokens,
+            "wall_clock_s": self.elapsed,
+            "teacher_forward_s": self.teacher_s,
+            "tokens_per_s": self.tokens / max(self.elapsed, 1e-9),
+            "student_tokens_per_s": self.tokens / max(self.elapsed - self.teacher_s, 1e-9),
+            "train_compute_proxy": 1.0,
+        }
+        if gated:
+            dense, lora = dense_cost(shapes), lora_cost(shapes, self.cfg.lora.rank)
+            rho = self.controller.mean_retained_fraction() if self.controller else 1.0
+            summary["train_compute_proxy"] = train_compute_proxy(self.method, dense, lora, rho)
+        if self.controller is not None:
+            self._check_budget_bit()
+            summary |= {
+                "final_fraction": self.cfg.budget.final_fraction,
+                "realised_fraction": self.controller.retained_fraction(),
+                "mean_retention_measured": self.controller.mean_retained_fraction(),
+                "num_removed": self.controller.num_removed(),
+                "num_modules": len(gated),
+            }
+        if self.acc.is_main_process:
+            model = self.acc.unwrap_model(self.model)
+            save_trained_student(model, self.run_dir / "final", self.prepared.adapter)
+            if self.controller is not None:
+                atomic_write_json(
+                    self.run_dir / "trajectory.json",
+                    {
+                        "step_target_actual": self.controller.trajectory,
+                        "retentions": self.controller.module_retentions(),
+                    },
+                )
+            atomic_write_json(self.run_dir / SUMMARY_NAME, summary)  # last: marks "finished"
+        self.acc.wait_for_everyone()
+        return summary
+
+    def _check_budget_bit(self) -> None:
+        """A controller that never acted is a silent no-op in peer tools (DESIGN §4)."""
+        if self.cfg.budget.final_fraction < 1.0 and all(
+            a == 1.0 for a in self.controller.retentions
+        ):
+            raise TrainingError(
+                f"budgeted run ended with every retention at 1 although final_fraction="
+                f"{self.cfg.budget.final_fraction}: the budget controller never acted"
+            )
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / SUMMARY_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def train(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    method: Method,
+    data: PackedDataset,
+    cfg: BudgetedLoRAConfig,
+    run_dir: str | Path,
+    *,
+    vocab_size: int,
+    train_cfg: TrainConfig | None = None,
+    logger: MetricsLogger | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``student`` by ``method``; resume from ``run_dir`` if it has a checkpoint.
+
+    A run whose ``summary.json`` exists is finished and is returned, not redone.
+    ``train_cfg`` defaults to ``cfg.train`` (use ``cfg.pretrain`` for teachers).
+    ``on_step(step)`` is called after every optimizer step.
+    Writes ``final/`` (the trained student), ``summary.json`` and, for ``budgeted``,
+    ``trajectory.json``.
+    """
+    run_dir = Path(run_dir)
+    done = read_summary(run_dir)
+    if done is not None:
+        return done
+    _vocab_check(student, teacher, vocab_size)
+    run = _Run(
+        student, teacher, method, data, cfg, run_dir, vocab_size, train_cfg or cfg.train, logger
+    )
+    run.resume()
+    if run.acc.is_main_process:
+        run.logger.log_params({"method": method, "total_steps": run.total_steps})
+    return run.run(on_step)
