@@ -9,7 +9,7 @@ import sys
 
 from bl_core.errors import BLError
 
-SUBCOMMANDS = ("plan",)
+SUBCOMMANDS = ("plan", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,8 +21,10 @@ SEQ = 32
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     tok = make_tokenizer()
-    texts = [f"Q:apple\nA:Apple\n\nThe quick brown fox {i} jumps over the lazy dog." * 4
-             for i in range(40)]
+    texts = [
+        f"Q:apple\nA:Apple\n\nThe quick brown fox {i} jumps over the lazy dog." * 4
+        for i in range(40)
+    ]
     out = tmp_path_factory.mktemp("packed") / "train"
     pack_documents(texts, tok, SEQ, out)
     return PackedDataset(out), len(tok)
@@ -30,8 +32,13 @@ def packed(tmp_path_factory):
 
 def _cfg(steps=12, **sections):
     base = {
-        "train": {"total_tokens": steps * 4 * SEQ, "micro_batch_size": 4, "learning_rate": 1e-2,
-                  "log_every": 4, "checkpoint_every": 4},
+        "train": {
+            "total_tokens": steps * 4 * SEQ,
+            "micro_batch_size": 4,
+            "learning_rate": 1e-2,
+            "log_every": 4,
+            "checkpoint_every": 4,
+        },
         "lora": {"rank": 4, "lora_alpha": 8, "dropout": 0.0},
         "budget": {"final_fraction": 0.0, "ema_beta": 0.5},
     }
@@ -56,8 +63,15 @@ def test_every_method_reduces_the_loss(method, packed, tmp_path):
     teacher = _teacher()
     student = build_student(teacher, 2, "mixed")
     before = _eval_loss(student, data, vocab)
-    summary = train(student, teacher, method, data, _cfg(budget={"final_fraction": 0.5}),
-                    tmp_path, vocab_size=vocab)
+    summary = train(
+        student,
+        teacher,
+        method,
+        data,
+        _cfg(budget={"final_fraction": 0.5}),
+        tmp_path,
+        vocab_size=vocab,
+    )
     after = _eval_loss(load_trained_student(tmp_path / "final"), data, vocab)
     assert after < before, f"{method}: CE {before:.3f} -> {after:.3f}"
     assert summary["steps"] == 12 and summary["tokens"] == 12 * 4 * SEQ
@@ -90,8 +104,7 @@ def test_budgeted_f0_removes_every_dense_path_on_schedule(packed, tmp_path):
     data, vocab = packed
     teacher = _teacher()
     student = build_student(teacher, 2, "mixed")
-    summary = train(student, teacher, "budgeted", data, _cfg(steps=20), tmp_path,
-                    vocab_size=vocab)
+    summary = train(student, teacher, "budgeted", data, _cfg(steps=20), tmp_path, vocab_size=vocab)
     gated = gated_modules(student)
     assert summary["num_removed"] == len(gated) == 14
     assert all(m.retention_value == 0.0 for _, m in gated)
@@ -113,20 +126,42 @@ def test_kill_and_resume_equals_uninterrupted(packed, tmp_path):
     data, vocab = packed
     cfg = _cfg(steps=10, lora={"dropout": 0.1}, budget={"final_fraction": 0.3})
     teacher = _teacher()
-    train(build_student(teacher, 2, "mixed"), teacher, "budgeted", data, cfg, tmp_path / "a",
-          vocab_size=vocab)
+    train(
+        build_student(teacher, 2, "mixed"),
+        teacher,
+        "budgeted",
+        data,
+        cfg,
+        tmp_path / "a",
+        vocab_size=vocab,
+    )
 
     def crash(step):
         if step == 6:  # after the step-4 checkpoint: steps 5-6 are lost and redone
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(build_student(teacher, 2, "mixed"), teacher, "budgeted", data, cfg,
-              tmp_path / "b", vocab_size=vocab, on_step=crash)
+        train(
+            build_student(teacher, 2, "mixed"),
+            teacher,
+            "budgeted",
+            data,
+            cfg,
+            tmp_path / "b",
+            vocab_size=vocab,
+            on_step=crash,
+        )
     assert not (tmp_path / "b" / "summary.json").exists()
     torch.manual_seed(123)  # the resumed run must not depend on the process's RNG
-    resumed = train(build_student(teacher, 2, "mixed"), teacher, "budgeted", data, cfg,
-                    tmp_path / "b", vocab_size=vocab)
+    resumed = train(
+        build_student(teacher, 2, "mixed"),
+        teacher,
+        "budgeted",
+        data,
+        cfg,
+        tmp_path / "b",
+        vocab_size=vocab,
+    )
     a = load_file(tmp_path / "a" / "final" / "model.safetensors")
     b = load_file(tmp_path / "b" / "final" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -138,11 +173,26 @@ def test_kill_and_resume_equals_uninterrupted(packed, tmp_path):
 def test_finished_run_is_not_redone(packed, tmp_path):
     data, vocab = packed
     teacher = _teacher()
-    first = train(build_student(teacher, 2), teacher, "kd_lora", data, _cfg(steps=4), tmp_path,
-                  vocab_size=vocab)
+    first = train(
+        build_student(teacher, 2),
+        teacher,
+        "kd_lora",
+        data,
+        _cfg(steps=4),
+        tmp_path,
+        vocab_size=vocab,
+    )
     calls = []
-    again = train(build_student(teacher, 2), teacher, "kd_lora", data, _cfg(steps=4), tmp_path,
-                  vocab_size=vocab, on_step=calls.append)
+    again = train(
+        build_student(teacher, 2),
+        teacher,
+        "kd_lora",
+        data,
+        _cfg(steps=4),
+        tmp_path,
+        vocab_size=vocab,
+        on_step=calls.append,
+    )
     assert again == first and calls == []
 
 
@@ -159,8 +209,15 @@ def test_nan_loss_stops_with_step_and_method(packed, tmp_path):
 def test_budget_smaller_than_one_step_is_an_error(packed, tmp_path):
     data, vocab = packed
     with pytest.raises(TrainingError, match="token budget 100 is smaller than one optimizer step"):
-        train(make_mistral(), None, "pretrain", data,
-              _cfg(train={"total_tokens": 100}), tmp_path, vocab_size=vocab)
+        train(
+            make_mistral(),
+            None,
+            "pretrain",
+            data,
+            _cfg(train={"total_tokens": 100}),
+            tmp_path,
+            vocab_size=vocab,
+        )
 
 
 def test_vocabulary_mismatch_is_an_error(packed, tmp_path):
@@ -176,5 +233,4 @@ def test_budgeted_that_never_bites_is_an_error(packed, tmp_path):
     # the schedule starts after the last step: retention never moves
     cfg = _cfg(steps=4, budget={"schedule_start": 1.0, "schedule_end": 1.0})
     with pytest.raises(TrainingError, match="controller never acted"):
-        train(build_student(teacher, 2), teacher, "budgeted", data, cfg, tmp_path,
-              vocab_size=vocab)
+        train(build_student(teacher, 2), teacher, "budgeted", data, cfg, tmp_path, vocab_size=vocab)
