@@ -10,15 +10,19 @@ from torch import nn
 from bl_core.compression import is_compressed_dir, load_compressed
 from bl_core.errors import InputError
 from bl_core.student import load_pretrained
+from bl_core.train_state import is_trained_student_dir, load_trained_student
 
 
 def load_causal_lm(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A compressed student dir (manifest + safetensors) or a Hugging Face model dir."""
+    """A compressed student (manifest), a trained gated/LoRA student (``bl_student.json``)
+    or a plain Hugging Face model directory."""
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"model directory {str(path)!r} does not exist")
     if is_compressed_dir(path):
         return load_compressed(path, device=device)
+    if is_trained_student_dir(path):
+        return load_trained_student(path).to(device)
     if (path / "config.json").is_file():
         return load_pretrained(path).to(device).eval()
     raise InputError(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -178,11 +178,15 @@ def save_compressed(
     lora_rank: int,
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
+    tokenizer: Any | None = None,
 ) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and the manifest, atomically."""
+    """Write ``config.json``, ``model.safetensors``, the manifest and (optionally) the
+    tokenizer, atomically: the directory appears complete or not at all."""
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         model.config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         save_model(model, str(tmp / WEIGHTS_NAME))  # dedups tied embeddings
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -212,6 +216,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if manifest.get("format") != MANIFEST_FORMAT:
         raise InputError(f"manifest {str(manifest_path)!r} has format {manifest.get('format')!r}")
     return manifest
+
+
+def plans_from_manifest(manifest: dict[str, Any]) -> list[ModulePlan]:
+    """The per-module plans recorded in a manifest."""
+    names = {f.name for f in fields(ModulePlan)}
+    return [
+        ModulePlan(**{k: v for k, v in entry.items() if k in names})
+        for entry in manifest["modules"]
+    ]
 
 
 def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> PreTrainedModel:

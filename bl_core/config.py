@@ -259,6 +259,34 @@ class GridConfig(_Section):
         return budgets
 
 
+class SpeedConfig(_Section):
+    """Measured inference speed of a compressed student vs its dense twin (DESIGN §5).
+    ``num_tokens`` and ``seq_len`` default to ``packing.seq_len``."""
+
+    num_tokens: int | None = Field(None, ge=1)
+    seq_len: int | None = Field(None, ge=2)
+    gen_tokens: int = Field(32, ge=1)
+    prompt_len: int = Field(32, ge=1)
+    repeats: int = Field(5, ge=1)
+    warmup: int = Field(1, ge=0)
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking. ``uri=None``: a SQLite store under the grid's output dir."""
+
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class PipelineConfig(_Section):
+    """How the Prefect grid runs its stages."""
+
+    max_workers: int = Field(1, ge=1)
+    retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(30.0, ge=0)
+    seeds: tuple[int, ...] = (0,)
+
+
 class BudgetedLoRAConfig(_Section):
     """The resolved configuration saved beside every checkpoint."""
 
@@ -276,6 +304,9 @@ class BudgetedLoRAConfig(_Section):
     pretrain: TrainConfig = TrainConfig(learning_rate=1e-3)
     teachers: tuple[TeacherConfig, ...] = ()
     grid: GridConfig = GridConfig()
+    speed: SpeedConfig = SpeedConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     @field_validator("teachers")
     @classmethod

@@ -40,7 +40,7 @@ from bl_core.losses import distillation_loss
 from bl_core.modules import GatedLoRALinear
 from bl_core.packing import PackedDataset
 from bl_core.student import inject_gated_lora, mark_only_lora_trainable
-from bl_core.tracking import MetricsLogger, NullLogger
+from bl_core.tracking import FanoutLogger, JsonlLogger, MetricsLogger, NullLogger
 from bl_core.train_state import (
     capture_rng,
     latest_checkpoint,
@@ -418,14 +418,16 @@ def train(
     A run whose ``summary.json`` exists is finished and is returned, not redone.
     ``train_cfg`` defaults to ``cfg.train`` (use ``cfg.pretrain`` for teachers).
     ``on_step(step)`` is called after every optimizer step.
-    Writes ``final/`` (the trained student), ``summary.json`` and, for ``budgeted``,
-    ``trajectory.json``.
+    Writes ``final/`` (the trained student), ``metrics.jsonl``, ``summary.json`` and, for
+    ``budgeted``, ``trajectory.json``.
     """
     run_dir = Path(run_dir)
     done = read_summary(run_dir)
     if done is not None:
         return done
     _vocab_check(student, teacher, vocab_size)
+    jsonl = JsonlLogger(run_dir / "metrics.jsonl")  # always kept: tracking may be replayed
+    logger = jsonl if logger is None else FanoutLogger(jsonl, logger)
     run = _Run(
         student, teacher, method, data, cfg, run_dir, vocab_size, train_cfg or cfg.train, logger
     )

@@ -1,0 +1,264 @@
+"""Composition of one grid: the shared stages (data, ladder, student) and per-cell
+pipelines. A failing cell is recorded as failed (MLflow run FAILED) and the grid goes on;
+the flow fails at the end, and a rerun recomputes only what did not finish."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect.futures import PrefectFuture, wait
+
+from bl_core.config import BudgetedLoRAConfig, config_from_dict
+from bl_core.errors import ConfigError
+from tasks import tracking
+from tasks.common import cell_label, configure_stage
+from tasks.compress import compress_task
+from tasks.corpus import split_corpus_task
+from tasks.distill import distill_task, training_sections
+from tasks.icl import icl_task
+from tasks.packing import pack_task, tokenizer_task
+from tasks.perplexity import perplexity_task
+from tasks.speed import speed_task
+from tasks.students import student_task
+from tasks.teachers import teacher_task
+
+# Stages that train or evaluate get retries (a transient OOM, a preempted GPU, ...).
+_RETRIED = {"distill", "prepare-teacher", "evaluate-perplexity", "evaluate-icl", "measure-speed"}
+
+
+@dataclass
+class GridContext:
+    """Everything a grid's cells share, JSON-able so sub-flows can take it."""
+
+    config: dict[str, Any]
+    preset: str
+    output_dir: str
+    force: list[str]
+    grid_id: str
+    experiment: str
+    parent_run_id: str
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    train_data: dict[str, Any] = field(default_factory=dict)
+    val_data: dict[str, Any] = field(default_factory=dict)
+    teacher_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teacher_run_ids: dict[str, str] = field(default_factory=dict)
+    student_ref: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> BudgetedLoRAConfig:
+        return config_from_dict(self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def task(self, fn: Any) -> Any:
+        """A stage bound to this grid's storage, forced if named in ``force``."""
+        bound = configure_stage(fn, self.output_dir, force=fn.name in self.force)
+        if fn.name in _RETRIED:
+            p = self.cfg.pipeline
+            bound = bound.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_s)
+        return bound
+
+    def tags(self, **extra: Any) -> dict[str, str]:
+        return {
+            "preset": self.preset,
+            "grid_id": self.grid_id,
+            "git_commit": tracking.git_commit(),
+            **{k: str(v) for k, v in extra.items()},
+        }
+
+    def teacher_ref(self, name: str) -> dict[str, Any]:
+        if name not in self.teacher_refs:
+            known = ", ".join(self.teacher_refs)
+            raise ConfigError(f"teacher {name!r} is not in the ladder (known: {known})")
+        return self.teacher_refs[name]
+
+    @classmethod
+    def start(
+        cls, cfg: BudgetedLoRAConfig, preset: str, out: str, force: list[str], grid_id: str
+    ) -> GridContext:
+        """Open the parent MLflow run and run the shared stages."""
+        tracking.set_tracking_uri(out, cfg.tracking.uri)
+        experiment = cfg.tracking.experiment or f"budgeted-lora-{preset}"
+        config = cfg.model_dump(mode="json")
+        ctx = cls(config, preset, out, list(force), grid_id, experiment, "")
+        ctx.parent_run_id = tracking.open_run(
+            experiment, f"grid-{preset}-{grid_id[:8]}", ctx.tags(kind="grid"), config
+        )
+        try:
+            ctx._prepare_shared()
+        except BaseException as err:
+            for run_id in [ctx.parent_run_id, *ctx.teacher_run_ids.values()]:
+                tracking.close_run(run_id, failed=True, error=repr(err))
+            raise
+        return ctx
+
+    def _prepare_shared(self) -> None:
+        c, out = self.config, self.output_dir
+        split = self.task(split_corpus_task)(out, c["corpus"])
+        self.tokenizer = self.task(tokenizer_task)(out, c["tokenizer"], c["teachers"], split)
+        self.train_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "train")
+        self.val_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "val")
+        futures = {}
+        for teacher in c["teachers"]:
+            run_id = tracking.open_run(
+                self.experiment,
+                f"teacher/{teacher['name']}",
+                self.tags(kind="teacher", teacher=teacher["name"], method="teacher"),
+                {"teacher": teacher},
+                self.parent_run_id,
+            )
+            self.teacher_run_ids[teacher["name"]] = run_id
+            futures[teacher["name"]] = self.task(teacher_task).submit(
+                out, teacher, c["pretrain"], self.tokenizer, self.train_data, mlflow_run_id=run_id
+            )
+        for name, future in futures.items():
+            self.teacher_refs[name] = future.result()
+        smallest = min(self.teacher_refs.values(), key=lambda t: t["num_params"])
+        self.student_ref = self.task(student_task)(out, c["student"], smallest, self.tokenizer)
+
+    def scratch_spec(self) -> dict[str, Any]:
+        base = self.student_ref["from_teacher"]
+        seed = self.cfg.pipeline.seeds[0]
+        return {
+            "teacher": base,
+            "method": "pretrain",
+            "final_fraction": None,
+            "seed": seed,
+            "label": cell_label("scratch", "pretrain", None, seed),
+        }
+
+
+def _collect(stages: dict[str, PrefectFuture | None]) -> tuple[dict[str, Any], list[str]]:
+    """Results of completed stages and messages for the others."""
+    wait([f for f in stages.values() if f is not None])
+    results, errors = {}, []
+    for name, future in stages.items():
+        if future is None:
+            continue
+        state = future.state
+        if state.is_completed():
+            results[name] = future.result()
+        else:
+            errors.append(f"{name}: {state.name}: {state.message}")
+    return results, errors
+
+
+def run_cell(ctx: GridContext, spec: dict[str, Any], teacher: dict[str, Any] | None) -> dict:
+    """distill -> compress -> perplexity / ICL / speed for one cell, tracked in one run."""
+    c, out, label = ctx.config, ctx.output_dir, spec["label"]
+    kind = "scratch" if spec["method"] == "pretrain" else "cell"
+    sections = training_sections(spec["method"], c)
+    run_id = tracking.open_run(
+        ctx.experiment,
+        label,
+        ctx.tags(kind=kind, **spec),
+        sections | {"cell": spec},
+        ctx.parent_run_id,
+    )
+    cell = {**spec, "status": "failed", "mlflow_run_id": run_id}
+    try:
+        trained = ctx.task(distill_task).submit(
+            out,
+            label,
+            spec["method"],
+            spec["final_fraction"],
+            spec["seed"],
+            sections,
+            ctx.student_ref,
+            teacher,
+            ctx.train_data,
+            ctx.tokenizer,
+            mlflow_run_id=run_id,
+        )
+        compressed = None
+        if spec["method"] in ("kd_lora", "budgeted"):
+            compressed = ctx.task(compress_task).submit(
+                out,
+                label,
+                trained,
+                c["compression"],
+                c["lora"]["rank"],
+                ctx.tokenizer,
+                spec["method"],
+            )
+        model = compressed if compressed is not None else trained
+        stages = {
+            "distill": trained,
+            "compress": compressed,
+            "perplexity": ctx.task(perplexity_task).submit(
+                out, label, model, ctx.val_data, c["perplexity"]
+            ),
+            "icl": ctx.task(icl_task).submit(out, label, model, ctx.tokenizer, c["icl"]),
+            "speed": None
+            if compressed is None
+            else ctx.task(speed_task).submit(
+                out, label, compressed, ctx.student_ref, c["speed"], c["packing"]["seq_len"]
+            ),
+        }
+        results, errors = _collect(stages)
+        cell |= _cell_fields(results)
+        cell["status"] = "ok" if not errors else "failed"
+        if errors:
+            cell["error"] = "; ".join(errors)
+    except Exception as err:  # noqa: BLE001 - recorded on the cell, the grid goes on
+        cell["error"] = repr(err)
+    finally:
+        tracking.record_cell(run_id, cell)
+    return cell
+
+
+def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate a reference model (a teacher, or the warm-started student)."""
+    c, out = ctx.config, ctx.output_dir
+    teacher = model["name"] if kind == "teacher" else model["from_teacher"]
+    label = f"{teacher}/{kind}"
+    spec = {"teacher": teacher, "method": kind, "final_fraction": None, "label": label}
+    run_id = ctx.teacher_run_ids.get(teacher) if kind == "teacher" else None
+    run_id = run_id or tracking.open_run(
+        ctx.experiment, label, ctx.tags(kind=kind, **spec), None, ctx.parent_run_id
+    )
+    cell = {**spec, "status": "failed", "mlflow_run_id": run_id}
+    try:
+        results, errors = _collect(
+            {
+                "perplexity": ctx.task(perplexity_task).submit(
+                    out, label, model, ctx.val_data, c["perplexity"]
+                ),
+                "icl": ctx.task(icl_task).submit(out, label, model, ctx.tokenizer, c["icl"]),
+            }
+        )
+        cell |= _cell_fields(results)
+        cell["status"] = "ok" if not errors else "failed"
+        if errors:
+            cell["error"] = "; ".join(errors)
+        if kind == "teacher":
+            cell["train"] = model.get("pretrain_summary") or {}
+    finally:
+        tracking.record_cell(run_id, cell)
+    return cell
+
+
+def _cell_fields(results: dict[str, Any]) -> dict[str, Any]:
+    """Stage results -> the cell schema the report reads."""
+    trained, compressed = results.get("distill"), results.get("compress")
+    trajectory = None
+    if trained and trained.get("trajectory_path"):
+        trajectory = json.loads(Path(trained["trajectory_path"]).read_text())
+    return {
+        "ppl": results["perplexity"]["perplexity"] if "perplexity" in results else None,
+        "icl": results.get("icl"),
+        "train": trained["summary"] if trained else {},
+        "compression": compressed["summary"] if compressed else None,
+        "speed": results.get("speed"),
+        "trajectory": trajectory,
+        "artifacts": {
+            "model_dir": (compressed or trained or {}).get("model_dir"),
+            "manifest_path": (compressed or {}).get("manifest_path"),
+            "metrics_path": (trained or {}).get("metrics_path"),
+            "run_dir": (trained or {}).get("run_dir"),
+        },
+    }

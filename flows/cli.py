@@ -1,0 +1,97 @@
+"""The ``bl`` command: bl_core's subcommands plus ``bl grid``, which runs the Prefect
+``full-grid`` flow in this process (a temporary local Prefect server unless
+``PREFECT_API_URL`` points at a running one)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bl_core.cli import build_parser, run_parsed
+from bl_core.presets import resolve_config
+
+STAGES = (
+    "split-corpus",
+    "prepare-tokenizer",
+    "pack-tokens",
+    "prepare-teacher",
+    "build-student",
+    "distill",
+    "compress",
+    "evaluate-perplexity",
+    "evaluate-icl",
+    "measure-speed",
+    "aggregate-report",
+)
+
+
+def _prefect_environment(output_dir: Path) -> None:
+    """Defaults measured in ../shared/NOTES.md; anything the user set wins."""
+    os.environ.setdefault("PREFECT_HOME", str(output_dir / "prefect" / "home"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect won't
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bl_core")
+
+
+def add_grid_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "grid",
+        help="run the full grid (Prefect flow full-grid) and print Table 2",
+        description="Teachers x methods x budgets: distil, compress, evaluate, report. Stages "
+        "are cached: rerunning recomputes only failed or changed stages.",
+    )
+    p.add_argument("--config", default="tiny", help="preset name or YAML path (default tiny)")
+    p.add_argument("--out", help="output directory (default outputs/<preset>)")
+    p.add_argument("--teachers", nargs="+", help="rungs to distil from (default: all)")
+    p.add_argument("--methods", nargs="+", choices=["kd_full", "kd_lora", "budgeted"])
+    p.add_argument("--budgets", nargs="+", type=float, help="final fractions F for budgeted")
+    p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default 0)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    p.add_argument(
+        "--force",
+        action="append",
+        choices=STAGES,
+        metavar="STAGE",
+        help=f"recompute a stage on purpose; one of {', '.join(STAGES)}",
+    )
+    p.set_defaults(func=run_grid)
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    from bl_core.presets import parse_overrides
+
+    _, preset = resolve_config(args.config)  # a bad preset fails before Prefect starts
+    overrides = parse_overrides(args.set)
+    out = Path(args.out or Path("outputs") / preset).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _prefect_environment(out)
+    from flows.grid import full_grid  # imports prefect: only now that its env is set
+
+    result = full_grid(
+        config=args.config,
+        output_dir=str(out),
+        teachers=args.teachers,
+        methods=args.methods,
+        budgets=args.budgets,
+        seeds=args.seeds,
+        overrides=overrides or None,
+        force=args.force,
+    )
+    report = result["report"]
+    print("\n" + Path(report["table2_md"]).read_text())
+    print(f"outputs:  {out}")
+    print(f"report:   {report['report_md']}")
+    print(f"MLflow:   mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(extra=[add_grid_parser])
+    return run_parsed(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

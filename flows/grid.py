@@ -1,0 +1,162 @@
+"""The ``full-grid`` and ``single-run`` flows (DESIGN §1, §10).
+
+    split-corpus ─► prepare-tokenizer ─► pack-tokens(train, val)
+         └─► prepare-teacher × ladder ─► build-student (from the smallest rung)
+                 └─► teacher-branch sub-flow per teacher:
+                        distill ─► compress ─► evaluate-perplexity / evaluate-icl / measure-speed
+                 └─► references: each teacher, the warm-started student, (scratch)
+         └─► aggregate-report (Tables 2, 8, 9 + figures)
+
+Every stage is a cached Prefect task (tasks/common.py): a rerun recomputes only what
+failed or what a changed input reaches. Flows only compose; the work is in tasks/.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from bl_core.config import BudgetedLoRAConfig
+from bl_core.presets import load_with_overrides
+from flows.cells import GridContext, run_cell, run_reference
+from tasks import tracking
+from tasks.aggregate import aggregate_task
+from tasks.common import cell_label
+
+# Worker threads per flow run. Training tasks also carry the "gpu" tag, whose Prefect
+# concurrency limit caps them at the number of GPUs on a worker (README).
+_RUNNER = ThreadPoolTaskRunner(max_workers=int(os.environ.get("BL_MAX_WORKERS", "1")))
+
+
+def resolve_grid_config(
+    config: str,
+    overrides: dict[str, Any] | None,
+    methods: list[str] | None,
+    budgets: list[float] | None,
+    seeds: list[int] | None,
+) -> tuple[BudgetedLoRAConfig, str]:
+    """Preset or YAML + dotted overrides + the flow's convenience parameters."""
+    items = [
+        f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in (overrides or {}).items()
+    ]
+    if methods is not None:
+        items.append(f"grid.methods={list(methods)}")
+    if budgets is not None:
+        items.append(f"grid.budgets={list(budgets)}")
+    if seeds is not None:
+        items.append(f"pipeline.seeds={list(seeds)}")
+    return load_with_overrides(config, items)
+
+
+def cell_specs(ctx: GridContext, teacher: str) -> list[dict[str, Any]]:
+    specs = []
+    for method in ctx.cfg.grid.methods:
+        fractions = ctx.cfg.grid.budgets if method == "budgeted" else (None,)
+        for fraction in fractions:
+            for seed in ctx.cfg.pipeline.seeds:
+                specs.append(
+                    {
+                        "teacher": teacher,
+                        "method": method,
+                        "final_fraction": fraction,
+                        "seed": seed,
+                        "label": cell_label(teacher, method, fraction, seed),
+                    }
+                )
+    return specs
+
+
+@flow(name="teacher-branch", flow_run_name="teacher-{teacher_name}", task_runner=_RUNNER)
+def teacher_branch(grid: dict[str, Any], teacher_name: str) -> list[dict[str, Any]]:
+    """Every method x budget x seed cell distilled from one teacher."""
+    ctx = GridContext(**grid)
+    teacher = ctx.teacher_refs[teacher_name]
+    return [run_cell(ctx, spec, teacher) for spec in cell_specs(ctx, teacher_name)]
+
+
+@flow(name="full-grid", task_runner=_RUNNER, log_prints=True)
+def full_grid(
+    config: str = "tiny",
+    output_dir: str | None = None,
+    teachers: list[str] | None = None,
+    methods: list[str] | None = None,
+    budgets: list[float] | None = None,
+    seeds: list[int] | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: list[str] | None = None,
+) -> dict[str, Any]:
+    """Distil every selected teacher into the student by every method and budget,
+    compress, evaluate, and write the report. Returns paths and per-cell results.
+
+    ``teachers`` selects rungs to distil from (all are prepared: the smallest is the
+    student's warm start); ``overrides`` are dotted config keys; ``force`` names stages
+    to recompute on purpose (e.g. ``["evaluate-icl"]``).
+    """
+    cfg, preset = resolve_grid_config(config, overrides, methods, budgets, seeds)
+    out = str(Path(output_dir or Path("outputs") / preset).resolve())
+    ctx = GridContext.start(cfg, preset, out, force or [], grid_id=str(flow_run.get_id()))
+    failed = True
+    try:
+        selected = teachers or [t.name for t in cfg.teachers]
+        for name in selected:
+            ctx.teacher_ref(name)  # unknown names fail here, before any work
+        cells = [run_reference(ctx, "teacher", ctx.teacher_refs[n]) for n in selected]
+        cells.append(run_reference(ctx, "init", ctx.student_ref))
+        if cfg.grid.scratch_reference:
+            cells.append(run_cell(ctx, ctx.scratch_spec(), None))
+        for name in selected:
+            cells += teacher_branch(ctx.to_dict(), name)
+        ok = [c for c in cells if c["status"] == "ok"]
+        report = aggregate_task(out, ok, ctx.parent_run_id, [t.name for t in cfg.teachers])
+        failures = [
+            f"{c['label']} ({c.get('error', '?')[:300]})" for c in cells if c["status"] != "ok"
+        ]
+        get_run_logger().info("report: %s", report["report_md"])
+        failed = bool(failures)
+        if failures:
+            raise RuntimeError(f"{len(failures)} grid cell(s) failed: {'; '.join(failures)}")
+        return {"output_dir": out, "report": report, "cells": cells}
+    finally:
+        tracking.close_run(ctx.parent_run_id, failed=failed)
+
+
+@flow(name="single-run", task_runner=_RUNNER, log_prints=True)
+def single_run(
+    config: str = "tiny",
+    teacher: str | None = None,
+    method: str = "budgeted",
+    final_fraction: float | None = None,
+    seed: int = 0,
+    output_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: list[str] | None = None,
+) -> dict[str, Any]:
+    """One teacher x method x budget cell (with its data, ladder and evaluation)."""
+    budgets = [final_fraction] if final_fraction is not None else None
+    cfg, preset = resolve_grid_config(config, overrides, [method], budgets, [seed])
+    out = str(Path(output_dir or Path("outputs") / preset).resolve())
+    ctx = GridContext.start(cfg, preset, out, force or [], grid_id=str(flow_run.get_id()))
+    failed = True
+    try:
+        name = teacher or max(ctx.teacher_refs.values(), key=lambda t: t["num_params"])["name"]
+        ref = ctx.teacher_ref(name)
+        fraction = cfg.grid.budgets[0] if method == "budgeted" else None
+        spec = {
+            "teacher": name,
+            "method": method,
+            "final_fraction": fraction,
+            "seed": seed,
+            "label": cell_label(name, method, fraction, seed),
+        }
+        cell = run_cell(ctx, spec, ref)
+        failed = cell["status"] != "ok"
+        if failed:
+            raise RuntimeError(f"cell {spec['label']} failed: {cell.get('error')}")
+        return cell
+    finally:
+        tracking.close_run(ctx.parent_run_id, failed=failed)

@@ -1,0 +1,96 @@
+"""Stage: distillation, one task per teacher x method x budget x seed (DESIGN §1, §6).
+
+``pretrain`` here trains the from-scratch reference student (cross-entropy only) on the
+same tokens. Tagged ``gpu``: a tag concurrency limit (``prefect concurrency-limit create
+gpu N``) keeps a worker from running more training tasks at once than it has GPUs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from bl_core.config import config_from_dict
+from bl_core.ladder import scratch_student
+from bl_core.packing import PackedDataset
+from bl_core.student import load_pretrained
+from bl_core.training import train
+from tasks.common import model_fingerprint, record_execution, stage_dir
+from tasks.tracking import tracking_logger
+
+
+def training_sections(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Only the config that shapes this method's training: the cache key then changes
+    exactly when the run would (a new budget list or tau_svd never retrains KD Full)."""
+    sections: dict[str, Any] = {"train": config["train"]}
+    if method != "pretrain":
+        sections["kd"] = config["kd"]
+    if method in ("kd_lora", "budgeted"):
+        sections["lora"] = config["lora"]
+    if method == "budgeted":
+        sections["budget"] = config["budget"]
+        sections["compression"] = {"tau_drop": config["compression"]["tau_drop"]}
+    return sections
+
+
+@task(name="distill", task_run_name="distill-{label}", tags=["gpu"])
+def distill_task(
+    output_dir: str,
+    label: str,
+    method: str,
+    final_fraction: float | None,
+    seed: int,
+    sections: dict[str, Any],
+    student: dict[str, Any],
+    teacher: dict[str, Any] | None,
+    train_data: dict[str, Any],
+    tokenizer: dict[str, Any],
+    mlflow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Train one student; returns its run directory, final model and summary.
+
+    ``sections`` comes from :func:`training_sections`; ``seed`` and ``final_fraction``
+    are applied on top of it.
+    """
+    record_execution(output_dir, "distill", label)
+    sections = {**sections, "train": {**sections["train"], "seed": seed}}
+    if method == "budgeted":
+        sections["budget"] = {**sections["budget"], "final_fraction": final_fraction}
+    cfg = config_from_dict(sections)
+    payload = {
+        "method": method,
+        "sections": sections,
+        "student": student["fingerprint"],
+        "teacher": teacher["fingerprint"] if teacher else None,
+        "data": train_data["fingerprint"],
+    }
+    run_dir = stage_dir(output_dir, "distill", payload)
+    if method == "pretrain":
+        model, teacher_model = scratch_student(student, cfg, seed), None
+    else:
+        model, teacher_model = (
+            load_pretrained(student["model_dir"]),
+            load_pretrained(teacher["model_dir"]),
+        )
+    summary = train(
+        model,
+        teacher_model,
+        method,
+        PackedDataset(train_data["packed_dir"]),
+        cfg,
+        run_dir,
+        vocab_size=tokenizer["vocab_size"],
+        logger=tracking_logger(output_dir, mlflow_run_id),
+    )
+    final = run_dir / "final"
+    trajectory = run_dir / "trajectory.json"
+    return {
+        "run_dir": str(run_dir),
+        "model_dir": str(final),
+        "fingerprint": model_fingerprint(final),
+        "summary": summary,
+        "trajectory_path": str(trajectory) if Path(trajectory).is_file() else None,
+        "metrics_path": str(run_dir / "metrics.jsonl"),
+    }
