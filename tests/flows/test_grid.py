@@ -1,0 +1,150 @@
+"""The full grid on the micro preset, walked through the situations users hit:
+a failing stage, the rerun, an unchanged rerun, a changed budget, a forced stage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.context import TaskRunContext
+
+import tasks.icl
+from tasks.common import read_executions
+
+pytestmark = pytest.mark.slow
+
+FAULTY = "micro-s/budgeted-F0.00/s0"
+TRAINING_AND_EVAL = {
+    "prepare-teacher",
+    "build-student",
+    "distill",
+    "compress",
+    "evaluate-perplexity",
+    "evaluate-icl",
+    "measure-speed",
+}
+# Keep the test quick: no retry delay, fewer ICL items.
+OVERRIDES = {"pipeline.retries": 0, "icl.items_per_task": 3}
+
+
+def _run(out: Path, **kwargs):
+    from flows.grid import full_grid
+
+    before = len(read_executions(out))
+    state = full_grid(
+        config="micro", output_dir=str(out), overrides=OVERRIDES, return_state=True, **kwargs
+    )
+    executed = read_executions(out)[before:]
+    return state, Counter((e["stage"], e["label"]) for e in executed)
+
+
+def _mlflow_runs(out: Path):
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("budgeted-lora-micro")
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def grid_dir(tmp_path_factory, prefect_harness):
+    return tmp_path_factory.mktemp("grid")
+
+
+def test_1_failed_stage_fails_only_its_cell(grid_dir, monkeypatch):
+    real = tasks.icl.run_icl_suite
+
+    def faulty(*args, **kwargs):
+        if FAULTY in TaskRunContext.get().task_run.name:
+            raise RuntimeError("injected fault")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.icl, "run_icl_suite", faulty)
+    state, executed = _run(grid_dir)
+    assert state.is_failed() and FAULTY in state.message
+    assert ("distill", "micro-m/budgeted-F0.40/s0") in executed  # the grid went on
+    assert not any(
+        p.name.startswith(".") and p.name.endswith(".tmp") for p in (grid_dir / "stages").rglob("*")
+    )  # nothing half-written
+    _, runs = _mlflow_runs(grid_dir)
+    status = {r.info.run_name: r.info.status for r in runs}
+    assert status[FAULTY] == "FAILED"
+    assert "RUNNING" not in status.values()
+    assert [r.info.status for r in runs if r.data.tags.get("kind") == "grid"] == ["FAILED"]
+
+
+def test_2_rerun_recomputes_only_the_failed_stage_and_downstream(grid_dir):
+    state, executed = _run(grid_dir)
+    assert state.is_completed(), state.message
+    assert set(executed) == {("evaluate-icl", FAULTY), ("aggregate-report", "report")}
+
+
+def test_3_tables_have_every_cell_filled(grid_dir):
+    report = grid_dir / "report"
+    t2 = pd.read_csv(report / "table2.csv", index_col=0)
+    trained = ["KD Full", "KD LoRA", "Budgeted F=0.4", "Budgeted F=0.0"]
+    assert set(trained) <= set(t2.index)
+    assert (
+        not t2.loc[trained, ["PPL micro-s", "PPL micro-m", "Train compute", "Infer speedup (MAC)"]]
+        .isna()
+        .any()
+        .any()
+    )
+    assert t2.loc["Budgeted F=0.0", "Realised F"] == 0.0
+    t8 = pd.read_csv(report / "table8.csv", index_col=0)
+    assert t8.loc["Budgeted F=0.0", "Dense dropped"] == 7
+    t9 = pd.read_csv(report / "table9.csv", index_col=0)
+    assert "Composite" in t9.index and not t9.isna().any().any()
+    for figure in ("pareto.png", "icl_composite.png", "trajectory.png"):
+        assert (report / figure).stat().st_size > 1000
+
+
+def test_4_mlflow_parent_and_one_child_per_cell(grid_dir):
+    client, runs = _mlflow_runs(grid_dir)
+    parents = [r for r in runs if r.data.tags.get("kind") == "grid"]
+    latest = max(parents, key=lambda r: r.info.start_time)
+    assert latest.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest.info.run_id]
+    cells = [r for r in children if r.data.tags.get("kind") == "cell"]
+    assert len(cells) == 2 * 4  # 2 teachers x (kd_full, kd_lora, budgeted F=0, F=0.4)
+    for run in cells:
+        tags, metrics = run.data.tags, run.data.metrics
+        assert {"teacher", "method", "final_fraction", "preset", "grid_id", "git_commit"} <= set(
+            tags
+        )
+        assert {"ppl", "icl_composite", "train_compute_proxy", "train/tokens_per_s"} <= set(metrics)
+        assert client.get_metric_history(run.info.run_id, "loss")  # the training curve
+        if tags["method"] == "budgeted":
+            assert {
+                "compression/infer_speedup_mac",
+                "compression/param_reduction_vs_lora",
+                "speed/modules_speedup_measured",
+            } <= set(metrics)
+            artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "compressed")}
+            assert artifacts == {"compressed/bl_manifest.json", "compressed/structure.csv"}
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_5_unchanged_rerun_trains_and_evaluates_nothing(grid_dir):
+    state, executed = _run(grid_dir)
+    assert state.is_completed()
+    assert not {stage for stage, _ in executed} & TRAINING_AND_EVAL
+
+
+def test_6_changing_one_budget_reruns_only_its_branch(grid_dir):
+    state, executed = _run(grid_dir, budgets=[0.0, 0.2])
+    assert state.is_completed(), state.message
+    stages = {stage for stage, _ in executed} - {"aggregate-report"}
+    assert stages == {"distill", "compress", "evaluate-perplexity", "evaluate-icl", "measure-speed"}
+    assert {label for _, label in executed} - {"report"} == {
+        "micro-s/budgeted-F0.20/s0",
+        "micro-m/budgeted-F0.20/s0",
+    }
+
+
+def test_7_force_recomputes_one_stage(grid_dir):
+    state, executed = _run(grid_dir, force=["evaluate-perplexity"])
+    assert state.is_completed()
+    assert {stage for stage, _ in executed} == {"evaluate-perplexity", "aggregate-report"}
+    assert sum(1 for stage, _ in executed if stage == "evaluate-perplexity") == 2 + 1 + 8
