@@ -10,9 +10,10 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from bl_core.io import atomic_write_text
 from tasks import tracking
 from tasks.common import record_execution
-from tasks.report_tables import table2, table8, write_report
+from tasks.report_tables import markdown_table, table2, table8, write_report
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -56,3 +57,53 @@ def aggregate_task(
         "table2_md": files["table2.md"],
         "files": files,
     }
+
+
+def ablation_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per ablation variant: quality next to what the variant costs."""
+    records = []
+    for row in rows:
+        train, comp = row.get("train") or {}, row.get("compression") or {}
+        records.append(
+            {
+                "sweep": row["sweep"],
+                "variant": row["variant"],
+                "method": row["method"],
+                "PPL": row.get("ppl"),
+                "ICL composite": ((row.get("icl") or {}).get("composite") or {}).get("mean"),
+                "Train compute": train.get("train_compute_proxy"),
+                "Realised F": train.get("realised_fraction"),
+                "Dense kept": comp.get("dense_kept"),
+                "Dense SVD": comp.get("dense_svd"),
+                "Dense dropped": comp.get("dense_dropped"),
+                "Avg rank": comp.get("avg_rank"),
+                "Infer speedup (MAC)": comp.get("infer_speedup_mac"),
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def _cell_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@task(name="ablation-report", task_run_name="ablation-report")
+def ablation_report_task(output_dir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``ablations.csv`` and ``ablations.md`` (one table per sweep), published as artifacts."""
+    record_execution(output_dir, "ablation-report", "report")
+    frame = ablation_frame(rows)
+    out = Path(output_dir) / "report"
+    sections = ["# Ablations (paper Appendix C)\n"]
+    for sweep, part in frame.groupby("sweep", sort=False):
+        sections.append(
+            f"## {sweep}\n\n"
+            + markdown_table(part.drop(columns="sweep").set_index("variant"))
+            + "\n"
+        )
+    markdown = "\n".join(sections)
+    atomic_write_text(out / "ablations.csv", frame.to_csv(index=False))
+    atomic_write_text(out / "ablations.md", markdown)
+    create_markdown_artifact(key="ablations", markdown=markdown, description="Ablation sweeps")
+    return {"csv": str(out / "ablations.csv"), "markdown": str(out / "ablations.md")}

@@ -28,11 +28,16 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
+from transformers.utils import logging as hf_logging
+
+# Stages run unattended: transformers' per-load "Loading weights" bars only clutter logs.
+hf_logging.disable_progress_bar()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _CODE_DIRS = ("bl_core", "tasks")
-# Inputs that identify a tracking run, not the work: excluded from cache keys.
-UNCACHED_INPUTS = ("mlflow_run_id",)
+# Inputs that name things (a cell's label, its tracking run) but do not change the work:
+# excluded from cache keys, so e.g. nine compression variants share one training.
+UNCACHED_INPUTS = ("mlflow_run_id", "label")
 
 
 @functools.cache
