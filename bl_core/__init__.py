@@ -1,30 +1,68 @@
-"""Budgeted LoRA core: gated LoRA modules, the budget controller, compression,
-costs and the distillation loss (pure PyTorch + transformers; see DESIGN.md)."""
+"""Budgeted LoRA core: gated LoRA modules, the budget controller, compression, costs,
+the distillation loss, data, evaluation and the trainer (pure PyTorch + transformers +
+datasets; no orchestration or tracking imports — see DESIGN.md and STYLE.md)."""
 
+from bl_core.checkpoint import load_causal_lm
+from bl_core.compression import (
+    ModulePlan,
+    compress_model,
+    load_compressed,
+    plan_compression,
+    save_compressed,
+)
 from bl_core.config import (
     BudgetConfig,
     BudgetedLoRAConfig,
     CompressionConfig,
-    ConfigError,
     KDConfig,
     LoRAConfig,
     StudentConfig,
+    TrainConfig,
     apply_overrides,
     config_from_dict,
     load_config,
     save_config,
 )
+from bl_core.controller import BudgetController, scheduled_fraction
+from bl_core.costs import compression_summary, train_compute_proxy
+from bl_core.errors import BLError, ConfigError, InputError
+from bl_core.losses import LossParts, distillation_loss
+from bl_core.modules import GatedLoRALinear, LowRankLinear
+from bl_core.student import build_student, inject_gated_lora, mark_only_lora_trainable
+from bl_core.training import TrainingError, train
 
 __all__ = [
+    "BLError",
     "BudgetConfig",
+    "BudgetController",
     "BudgetedLoRAConfig",
     "CompressionConfig",
     "ConfigError",
+    "GatedLoRALinear",
+    "InputError",
     "KDConfig",
     "LoRAConfig",
+    "LossParts",
+    "LowRankLinear",
+    "ModulePlan",
     "StudentConfig",
+    "TrainConfig",
+    "TrainingError",
     "apply_overrides",
+    "build_student",
+    "compress_model",
+    "compression_summary",
     "config_from_dict",
+    "distillation_loss",
+    "inject_gated_lora",
+    "load_causal_lm",
+    "load_compressed",
     "load_config",
+    "mark_only_lora_trainable",
+    "plan_compression",
+    "save_compressed",
     "save_config",
+    "scheduled_fraction",
+    "train",
+    "train_compute_proxy",
 ]

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"budget.final_fraction={args.final_fraction}")
     cfg, preset = load_with_overrides(args.config, overrides)
     out = Path(args.out or Path("outputs") / preset)
+    if args.teacher:
+        teacher_by_name(cfg, args.teacher)  # a clear error before any work
     data = prepare_data(cfg, out / "data")
     print(f"data: {data.root} (vocab {data.vocab_size}, val tokens {data.val_tokens})")
     ladder = [prepare_teacher(t, cfg, data, out / "teachers" / t.name) for t in cfg.teachers]
@@ -62,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     base = smallest(ladder)
     largest = max(ladder, key=lambda t: t["num_params"])
     name = args.teacher or largest["name"]
-    teacher_by_name(cfg, name)  # a clear error for an unknown rung
     info = next(t for t in ladder if t["name"] == name)
     if args.method == "pretrain":
         student, teacher = scratch_student(base, cfg, cfg.train.seed), None
