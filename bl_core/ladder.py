@@ -114,12 +114,14 @@ def warm_started_student(smallest_teacher: dict[str, Any], cfg: BudgetedLoRAConf
     return build_student(teacher, cfg.student.num_layers, cfg.student.layer_selection)
 
 
-def scratch_student(smallest_teacher: dict[str, Any], cfg: BudgetedLoRAConfig, seed: int):
-    """A student-shaped model with random weights (the from-scratch reference)."""
-    config = load_model_config(smallest_teacher["model_dir"])
-    config.num_hidden_layers = cfg.student.num_layers
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[: cfg.student.num_layers]
+def scratch_student(model_dir: str | Path, seed: int, num_layers: int | None = None):
+    """Random weights in the architecture of ``model_dir`` (depth cut to ``num_layers``):
+    the from-scratch reference student."""
+    config = load_model_config(model_dir)
+    if num_layers is not None:
+        config.num_hidden_layers = num_layers
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[:num_layers]
     return _random_model(config, seed)
 
 

@@ -288,6 +288,9 @@ class _Run:
             kd_part += parts.kd.item() / accum
             ce_part += parts.ce.item() / accum
             self.tokens += ids.numel() * self.acc.num_processes
+        if self.acc.num_processes > 1:  # report the global batch's loss, not rank 0's half
+            parts_t = torch.tensor([total, kd_part, ce_part], device=self.acc.device)
+            total, kd_part, ce_part = self.acc.reduce(parts_t, reduction="mean").tolist()
         if not math.isfinite(total):
             raise TrainingError(
                 f"non-finite loss {total} at step {self.step + 1} of method {self.method!r}"

@@ -14,6 +14,7 @@ from prefect import task
 
 from bl_core.config import config_from_dict
 from bl_core.ladder import scratch_student
+from bl_core.launch import launch
 from bl_core.packing import PackedDataset
 from bl_core.student import load_pretrained
 from bl_core.training import train
@@ -33,6 +34,24 @@ def training_sections(method: str, config: dict[str, Any]) -> dict[str, Any]:
         sections["budget"] = config["budget"]
         sections["compression"] = {"tau_drop": config["compression"]["tau_drop"]}
     return sections
+
+
+def _train_here(method, cfg, student, teacher, train_data, tokenizer, run_dir, logger) -> dict:  # noqa: ANN001
+    if method == "pretrain":
+        model, teacher_model = scratch_student(student["model_dir"], cfg.train.seed), None
+    else:
+        model = load_pretrained(student["model_dir"])
+        teacher_model = load_pretrained(teacher["model_dir"])
+    return train(
+        model,
+        teacher_model,
+        method,
+        PackedDataset(train_data["packed_dir"]),
+        cfg,
+        run_dir,
+        vocab_size=tokenizer["vocab_size"],
+        logger=logger,
+    )
 
 
 @task(name="distill", task_run_name="distill-{label}", tags=["gpu"])
@@ -67,23 +86,28 @@ def distill_task(
         "data": train_data["fingerprint"],
     }
     run_dir = stage_dir(output_dir, "distill", payload)
-    if method == "pretrain":
-        model, teacher_model = scratch_student(student, cfg, seed), None
+    if cfg.train.num_processes > 1:
+        spec = {
+            "method": method,
+            "sections": cfg.model_dump(mode="json"),
+            "run_dir": str(run_dir),
+            "student_dir": student["model_dir"],
+            "teacher_dir": teacher["model_dir"] if teacher else None,
+            "train_dir": train_data["packed_dir"],
+            "vocab_size": tokenizer["vocab_size"],
+        }
+        summary = launch(spec, cfg.train.num_processes)  # curves reach MLflow on record
     else:
-        model, teacher_model = (
-            load_pretrained(student["model_dir"]),
-            load_pretrained(teacher["model_dir"]),
+        summary = _train_here(
+            method,
+            cfg,
+            student,
+            teacher,
+            train_data,
+            tokenizer,
+            run_dir,
+            tracking_logger(output_dir, mlflow_run_id),
         )
-    summary = train(
-        model,
-        teacher_model,
-        method,
-        PackedDataset(train_data["packed_dir"]),
-        cfg,
-        run_dir,
-        vocab_size=tokenizer["vocab_size"],
-        logger=tracking_logger(output_dir, mlflow_run_id),
-    )
     final = run_dir / "final"
     trajectory = run_dir / "trajectory.json"
     return {

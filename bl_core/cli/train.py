@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     name = args.teacher or largest["name"]
     info = next(t for t in ladder if t["name"] == name)
     if args.method == "pretrain":
-        student, teacher = scratch_student(base, cfg, cfg.train.seed), None
+        student = scratch_student(base["model_dir"], cfg.train.seed, cfg.student.num_layers)
+        teacher = None
     else:
         student, teacher = warm_started_student(base, cfg), load_teacher(info)
     run_dir = out / "runs" / run_dir_name(name, args.method, cfg)

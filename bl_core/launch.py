@@ -1,0 +1,104 @@
+"""Multi-process training: the same trainer under ``torchrun`` (DDP; gloo on CPU).
+
+``launch(spec, n)`` writes the run's spec as JSON into its run directory and starts
+
+    python -m torch.distributed.run --standalone --nproc_per_node N -m bl_core.launch SPEC
+
+Each process builds the same student and teacher, and :func:`bl_core.training.train`
+(through ``accelerate``) wraps the student in DDP and gives each rank its shard of every
+batch, so N processes see together exactly what one process would (one optimizer step
+is ``micro_batch_size x N`` sequences). Rank 0 writes the checkpoints and the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bl_core.config import config_from_dict
+from bl_core.io import atomic_write_json
+
+SPEC_NAME = "launch_spec.json"
+
+
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one student from a JSON spec (called in every process)."""
+    from bl_core.ladder import scratch_student
+    from bl_core.packing import PackedDataset
+    from bl_core.student import load_pretrained
+    from bl_core.training import train
+
+    cfg = config_from_dict(spec["sections"])
+    if spec["method"] == "pretrain":
+        student = scratch_student(spec["student_dir"], cfg.train.seed)
+    else:
+        student = load_pretrained(spec["student_dir"])
+    teacher = load_pretrained(spec["teacher_dir"]) if spec.get("teacher_dir") else None
+    return train(
+        student,
+        teacher,
+        spec["method"],
+        PackedDataset(spec["train_dir"]),
+        cfg,
+        spec["run_dir"],
+        vocab_size=spec["vocab_size"],
+    )
+
+
+def launch(spec: dict[str, Any], num_processes: int, timeout_s: float | None = None) -> dict:
+    """Run :func:`run_spec` in ``num_processes`` processes; return the run's summary."""
+    from bl_core.training import TrainingError, read_summary
+
+    run_dir = Path(spec["run_dir"])
+    done = read_summary(run_dir)
+    if done is not None:
+        return done
+    spec_path = run_dir / SPEC_NAME
+    atomic_write_json(spec_path, spec)
+    env = dict(os.environ)
+    if not _cuda_available():
+        env["ACCELERATE_USE_CPU"] = "true"  # gloo backend; see ../shared/NOTES.md
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={num_processes}",
+        "-m",
+        "bl_core.launch",
+        str(spec_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout)[-3000:]
+        raise TrainingError(
+            f"{num_processes}-process training of {spec['method']!r} in {run_dir} failed "
+            f"(exit {proc.returncode}):\n{tail}"
+        )
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise TrainingError(f"{num_processes}-process training wrote no summary in {run_dir}")
+    return summary
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bl_core.launch SPEC.json", file=sys.stderr)
+        return 2
+    run_spec(json.loads(Path(args[0]).read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
