@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from accelerate import init_empty_weights
-from safetensors.torch import load_file, save_model
+from safetensors.torch import save_model
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from bl_core.config import CompressionConfig
 from bl_core.costs import compression_summary
 from bl_core.errors import InputError
 from bl_core.io import atomic_directory, atomic_write_json
 from bl_core.modules import GatedLoRALinear, LowRankLinear
+from bl_core.weights import assign_weights, empty_model
 
 MANIFEST_NAME = "bl_manifest.json"
 MANIFEST_FORMAT = "budgeted-lora-compressed"
@@ -231,9 +231,7 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> Pre
     """Rebuild a compressed student from its directory. Never unpickles anything."""
     path = Path(path)
     manifest = read_manifest(path)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    with init_empty_weights():  # parameters on meta; buffers (RoPE) real
-        model = AutoModelForCausalLM.from_config(config)
+    model = empty_model(path)
     for entry in manifest["modules"]:
         parent_name, _, child = entry["name"].rpartition(".")
         if entry["form"] == "keep":
@@ -243,15 +241,4 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> Pre
                 entry["d_in"], entry["d_out"], entry["rank"], bias=entry["bias"], device="meta"
             )
         setattr(model.get_submodule(parent_name), child, module)
-    weights_path = path / WEIGHTS_NAME
-    if not weights_path.is_file():
-        raise InputError(f"compressed student {str(path)!r} has no {WEIGHTS_NAME}")
-    state = load_file(str(weights_path), device=str(device))
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.unexpected_keys:
-        raise InputError(f"{weights_path}: unexpected weights {result.unexpected_keys[:5]}")
-    model.tie_weights()
-    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
-    if still_meta:
-        raise InputError(f"{weights_path}: missing weights {still_meta[:5]}")
-    return model.to(device).eval()
+    return assign_weights(model, path / WEIGHTS_NAME, device)

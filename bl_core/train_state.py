@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_model
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from bl_core.errors import InputError
 from bl_core.io import atomic_directory, atomic_write_json
 from bl_core.student import gated_modules, inject_gated_lora
+from bl_core.weights import assign_weights, empty_model
 
 STUDENT_META = "bl_student.json"
 WEIGHTS = "model.safetensors"
@@ -125,9 +125,7 @@ def load_trained_student(path: str | Path) -> PreTrainedModel:
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
         raise InputError(f"{str(path)!r} is not a trained student (config.json, {WEIGHTS})")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
+    model = empty_model(path)
     meta_path = path / STUDENT_META
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -138,11 +136,4 @@ def load_trained_student(path: str | Path) -> PreTrainedModel:
             targets=meta["targets"],
             use_gates=meta["use_gates"],
         )
-    result = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False, assign=True)
-    if result.unexpected_keys:
-        raise InputError(f"{path / WEIGHTS}: unexpected weights {result.unexpected_keys[:3]}")
-    model.tie_weights()
-    missing = [n for n, p in model.named_parameters() if p.is_meta]
-    if missing:
-        raise InputError(f"{path / WEIGHTS}: missing weights {missing[:3]}")
-    return model.eval()
+    return assign_weights(model, path / WEIGHTS)
