@@ -170,6 +170,7 @@ class _Run:
         self.acc = Accelerator(mixed_precision=_precision(tc.mixed_precision), cpu=None)
         torch.manual_seed(tc.seed)
         self.prepared = prepare_student(student, method, cfg)
+        student.train()  # students arrive in eval mode (from_pretrained): dropout must be on
         self.total_steps = plan_steps(tc, data.meta["seq_len"], self.acc.num_processes)
         self.controller = self._controller() if method == "budgeted" else None
         params = [p for p in student.parameters() if p.requires_grad]
@@ -372,8 +373,8 @@ class _Run:
                 "num_removed": self.controller.num_removed(),
                 "num_modules": len(gated),
             }
+        model = self.acc.unwrap_model(self.model).eval()  # hand back an inference-ready model
         if self.acc.is_main_process:
-            model = self.acc.unwrap_model(self.model)
             save_trained_student(model, self.run_dir / "final", self.prepared.adapter)
             if self.controller is not None:
                 atomic_write_json(

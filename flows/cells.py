@@ -44,7 +44,6 @@ class GridContext:
     train_data: dict[str, Any] = field(default_factory=dict)
     val_data: dict[str, Any] = field(default_factory=dict)
     teacher_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    teacher_run_ids: dict[str, str] = field(default_factory=dict)
     student_ref: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,8 +90,7 @@ class GridContext:
         try:
             ctx._prepare_shared()
         except BaseException as err:
-            for run_id in [ctx.parent_run_id, *ctx.teacher_run_ids.values()]:
-                tracking.close_run(run_id, failed=True, error=repr(err))
+            tracking.close_run(ctx.parent_run_id, failed=True, error=repr(err))
             raise
         return ctx
 
@@ -102,21 +100,41 @@ class GridContext:
         self.tokenizer = self.task(tokenizer_task)(out, c["tokenizer"], c["teachers"], split)
         self.train_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "train")
         self.val_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "val")
-        futures = {}
+        futures, run_ids = {}, {}
         for teacher in c["teachers"]:
-            run_id = tracking.open_run(
+            run_ids[teacher["name"]] = tracking.open_run(
                 self.experiment,
-                f"teacher/{teacher['name']}",
-                self.tags(kind="teacher", teacher=teacher["name"], method="teacher"),
-                {"teacher": teacher},
+                f"pretrain/{teacher['name']}",
+                self.tags(kind="pretrain", teacher=teacher["name"], method="pretrain"),
+                {"teacher": teacher, "pretrain": c["pretrain"]},
                 self.parent_run_id,
             )
-            self.teacher_run_ids[teacher["name"]] = run_id
             futures[teacher["name"]] = self.task(teacher_task).submit(
-                out, teacher, c["pretrain"], self.tokenizer, self.train_data, mlflow_run_id=run_id
+                out,
+                teacher,
+                c["pretrain"],
+                self.tokenizer,
+                self.train_data,
+                mlflow_run_id=run_ids[teacher["name"]],
             )
-        for name, future in futures.items():
-            self.teacher_refs[name] = future.result()
+        wait(list(futures.values()))
+        for name, future in futures.items():  # each pretraining run ends here, whatever follows
+            state = future.state
+            ok = state.is_completed()
+            if ok:
+                self.teacher_refs[name] = future.result()
+            tracking.record_cell(
+                run_ids[name],
+                {
+                    "status": "ok" if ok else "failed",
+                    "error": None if ok else f"prepare-teacher: {state.name}: {state.message}",
+                    "train": self.teacher_refs.get(name, {}).get("pretrain_summary") or {},
+                    "artifacts": {},
+                },
+            )
+        failed = sorted(set(futures) - set(self.teacher_refs))
+        if failed:
+            raise RuntimeError(f"teacher preparation failed for {', '.join(failed)}")
         smallest = min(self.teacher_refs.values(), key=lambda t: t["num_params"])
         self.student_ref = self.task(student_task)(out, c["student"], smallest, self.tokenizer)
 
@@ -217,8 +235,7 @@ def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[st
     teacher = model["name"] if kind == "teacher" else model["from_teacher"]
     label = f"{teacher}/{kind}"
     spec = {"teacher": teacher, "method": kind, "final_fraction": None, "label": label}
-    run_id = ctx.teacher_run_ids.get(teacher) if kind == "teacher" else None
-    run_id = run_id or tracking.open_run(
+    run_id = tracking.open_run(
         ctx.experiment, label, ctx.tags(kind=kind, **spec), None, ctx.parent_run_id
     )
     cell = {**spec, "status": "failed", "mlflow_run_id": run_id}

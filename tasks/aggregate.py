@@ -10,7 +10,7 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from bl_core.io import atomic_write_text
+from bl_core.io import atomic_write_json, atomic_write_text
 from tasks import tracking
 from tasks.common import record_execution
 from tasks.report_tables import markdown_table, table2, table8, write_report
@@ -33,6 +33,8 @@ def aggregate_task(
     record_execution(output_dir, "aggregate-report", "report")
     report_dir = Path(output_dir) / "report"
     files = write_report(cells, report_dir, teacher_order)
+    atomic_write_json(report_dir / "cells.json", cells)  # every figure, machine-readable
+    files["cells.json"] = str(report_dir / "cells.json")
     create_table_artifact(
         key="table-2",
         table=_records(table2(cells, teacher_order)),

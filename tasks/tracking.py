@@ -24,6 +24,9 @@ from tasks.common import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 _MAX_PARAM_LENGTH = 6000
+# What the user (or a worker's environment) set, read once: set_tracking_uri() itself
+# writes MLFLOW_TRACKING_URI for subprocesses and must not mistake that for a choice.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
@@ -32,8 +35,10 @@ def default_tracking_uri(output_dir: str | Path) -> str:
 
 
 def set_tracking_uri(output_dir: str | Path, uri: str | None) -> str:
-    """Point this process (and subprocesses) at the grid's store; returns the URI."""
-    uri = uri or default_tracking_uri(output_dir)
+    """Point this process (and subprocesses) at the grid's store; returns the URI.
+    Precedence: ``tracking.uri`` in the config, then ``MLFLOW_TRACKING_URI`` from the
+    environment (a worker's setting), then a SQLite store under the output directory."""
+    uri = uri or _USER_TRACKING_URI or default_tracking_uri(output_dir)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return uri
 
@@ -43,6 +48,9 @@ def client() -> MlflowClient:
 
 
 def git_commit() -> str:
+    """The project's commit; images without .git set ``BL_GIT_COMMIT`` at build time."""
+    if os.environ.get("BL_GIT_COMMIT"):
+        return os.environ["BL_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -42,3 +42,11 @@ def test_record_cell_logs_and_closes(tmp_path):
     assert bad_run.data.tags["error"] == "evaluate-icl: Failed: boom"
     assert ok_run.data.tags["mlflow.parentRunId"] == parent
     assert client.get_run(parent).data.params["a.b"] == "1"
+
+
+def test_uri_precedence_config_then_user_environment_then_output_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking, "_USER_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.set_tracking_uri(tmp_path, "sqlite:///x.db") == "sqlite:///x.db"
+    assert tracking.set_tracking_uri(tmp_path, None) == "http://127.0.0.1:5000"
+    monkeypatch.setattr(tracking, "_USER_TRACKING_URI", None)
+    assert tracking.set_tracking_uri(tmp_path, None).endswith(f"{tmp_path.name}/mlflow.db")
