@@ -64,6 +64,15 @@ def allocate_targets(
     return targets
 
 
+def _short_name(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj``."""
+    parts = name.split(".")
+    if "layers" in parts:
+        i = parts.index("layers")
+        return f"L{parts[i + 1]}.{parts[-1]}"
+    return name
+
+
 class BudgetController:
     """Writes dense retentions into gated modules along the budget schedule.
 
@@ -157,6 +166,17 @@ class BudgetController:
         if not self.trajectory:
             return 1.0
         return sum(actual for _, _, actual in self.trajectory) / len(self.trajectory)
+
+    def module_metrics(self, tau_rank: float) -> dict[str, float]:
+        """Every module's alpha and active rank (gates >= ``tau_rank``), for logging:
+        ``alpha/L3.q_proj``, ``rank/L3.q_proj``."""
+        out: dict[str, float] = {}
+        for name, m in zip(self.names, self.modules):
+            short = _short_name(name)
+            out[f"alpha/{short}"] = m.retention_value
+            if m.gate_logits is not None:
+                out[f"rank/{short}"] = float((m.gates() >= tau_rank).sum().item())
+        return out
 
     def module_retentions(self) -> dict[str, float]:
         """Every module's alpha by name, for logging."""

@@ -13,7 +13,6 @@ decay, clipping at 1.0; the step count follows from the token budget:
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
@@ -39,6 +38,7 @@ from bl_core.io import atomic_write_json
 from bl_core.losses import distillation_loss
 from bl_core.modules import GatedLoRALinear
 from bl_core.packing import PackedDataset
+from bl_core.sampling import batch_indices
 from bl_core.student import inject_gated_lora, mark_only_lora_trainable
 from bl_core.tracking import FanoutLogger, JsonlLogger, MetricsLogger, NullLogger
 from bl_core.train_state import (
@@ -102,27 +102,6 @@ def plan_steps(t: TrainConfig, seq_len: int, world_size: int) -> int:
     return steps
 
 
-@functools.lru_cache(maxsize=2)
-def _epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-
-
-def batch_indices(
-    step: int, micro: int, micro_batch: int, accum: int, seed: int, n: int, rank: int, world: int
-) -> list[int]:
-    """Sequence indices of one micro-batch: a seeded permutation per epoch, sharded by rank.
-
-    A pure function of (step, micro-step): resuming needs only the step number, and the
-    ranks of a multi-process run together see what one process would.
-    """
-    start = ((step * accum + micro) * world + rank) * micro_batch
-    out = []
-    for pos in range(start, start + micro_batch):
-        epoch, offset = divmod(pos, n)
-        out.append(int(_epoch_permutation(seed, epoch, n)[offset]))
-    return out
-
-
 def _vocab_check(student: nn.Module, teacher: nn.Module | None, vocab_size: int) -> None:
     sizes = {"student": student.get_input_embeddings().num_embeddings}
     if teacher is not None:
@@ -139,25 +118,6 @@ def _precision(mode: str) -> str:
     if mode == "auto":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     return mode
-
-
-def _short(name: str) -> str:
-    """``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj`` for per-module metrics."""
-    parts = name.split(".")
-    if "layers" in parts:
-        i = parts.index("layers")
-        return f"L{parts[i + 1]}.{parts[-1]}"
-    return name
-
-
-def module_metrics(gated: list[tuple[str, GatedLoRALinear]], tau_rank: float) -> dict[str, float]:
-    """Per-module alpha and active rank (gates >= tau_rank), logged at logging steps."""
-    out: dict[str, float] = {}
-    for name, m in gated:
-        out[f"alpha/{_short(name)}"] = m.retention_value
-        if m.gate_logits is not None:
-            out[f"rank/{_short(name)}"] = float((m.gates() >= tau_rank).sum().item())
-    return out
 
 
 class _Run:
@@ -335,7 +295,7 @@ class _Run:
                 metrics["tokens_per_s"] = tokens / seconds
                 metrics["student_tokens_per_s"] = tokens / max(seconds - window_teacher, 1e-9)
                 if self.controller is not None:
-                    metrics |= module_metrics(self.prepared.gated, self.cfg.compression.tau_rank)
+                    metrics |= self.controller.module_metrics(self.cfg.compression.tau_rank)
                 if self.acc.is_main_process:
                     self.logger.log_metrics(metrics, self.step)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}")

@@ -110,3 +110,18 @@ def test_bad_arguments():
         BudgetController(_modules(SHAPES), 10, 1.5)
     with pytest.raises(ValueError, match="total_steps=0"):
         BudgetController(_modules(SHAPES), 0, 0.5)
+
+
+def test_module_metrics_names_and_values(tiny_mistral):
+    from bl_core.student import inject_gated_lora
+
+    modules = inject_gated_lora(tiny_mistral, rank=4, lora_alpha=8, targets=["q_proj"])
+    ctrl = BudgetController(modules, total_steps=10, final_fraction=0.5, ema_beta=0.0)
+    with torch.no_grad():
+        modules[0][1].gate_logits.copy_(torch.tensor([3.0, -3.0, 3.0, -3.0]))
+    ctrl.step()
+    ctrl.step()  # p = 0.1: the window opens
+    metrics = ctrl.module_metrics(tau_rank=0.5)
+    assert set(metrics) == {f"{k}/L{i}.q_proj" for k in ("alpha", "rank") for i in range(4)}
+    assert metrics["rank/L0.q_proj"] == 2.0 and metrics["rank/L1.q_proj"] == 4.0
+    assert metrics["alpha/L3.q_proj"] == ctrl.retentions[3]
