@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from bl_core.cli import build_parser, run_parsed
-from bl_core.presets import resolve_config
+from bl_core.preset_files import resolve_config
 
 STAGES = (
     "split-corpus",
@@ -61,7 +61,7 @@ def add_grid_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from bl_core.presets import parse_overrides
+    from bl_core.preset_files import parse_overrides
 
     _, preset = resolve_config(args.config)  # a bad preset fails before Prefect starts
     overrides = parse_overrides(args.set)

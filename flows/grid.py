@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from bl_core.config import BudgetedLoRAConfig
-from bl_core.presets import load_with_overrides
+from bl_core.preset_files import load_with_overrides
 from flows.cells import GridContext, run_cell, run_reference
 from tasks import tracking
 from tasks.aggregate import aggregate_task

@@ -17,7 +17,7 @@ from bl_core.ladder import (
     warm_started_student,
 )
 from bl_core.packing import PackedDataset
-from bl_core.presets import load_with_overrides
+from bl_core.preset_files import load_with_overrides
 from bl_core.training import train
 
 
