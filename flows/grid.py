@@ -21,8 +21,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from bl_core.config import BudgetedLoRAConfig
-from bl_core.preset_files import load_with_overrides
+from bl_core.config import BudgetedLoRAConfig, apply_overrides
+from bl_core.preset_files import resolve_config
 from flows.cells import GridContext, run_cell, run_reference
 from tasks import tracking
 from tasks.aggregate import aggregate_task
@@ -41,16 +41,15 @@ def resolve_grid_config(
     seeds: list[int] | None,
 ) -> tuple[BudgetedLoRAConfig, str]:
     """Preset or YAML + dotted overrides + the flow's convenience parameters."""
-    items = [
-        f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in (overrides or {}).items()
-    ]
+    cfg, preset = resolve_config(config)
+    changes = dict(overrides or {})
     if methods is not None:
-        items.append(f"grid.methods={list(methods)}")
+        changes["grid.methods"] = list(methods)
     if budgets is not None:
-        items.append(f"grid.budgets={list(budgets)}")
+        changes["grid.budgets"] = list(budgets)
     if seeds is not None:
-        items.append(f"pipeline.seeds={list(seeds)}")
-    return load_with_overrides(config, items)
+        changes["pipeline.seeds"] = list(seeds)
+    return apply_overrides(cfg, changes), preset
 
 
 def cell_specs(ctx: GridContext, teacher: str) -> list[dict[str, Any]]:
