@@ -21,7 +21,7 @@ from bl_core.corpus import build_corpus_source
 from bl_core.errors import InputError
 from bl_core.packing import pack_documents, read_packed_meta
 from bl_core.split import iter_slice_texts, load_split, split_corpus
-from bl_core.tokenizer import load_tokenizer, train_bpe_tokenizer, vocabulary_fingerprint
+from bl_core.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,3 @@ def prepare_data(cfg: BudgetedLoRAConfig, data_root: str | Path) -> DataArtifact
         val_fingerprint=val_meta["fingerprint"],
         val_tokens=int(val_meta["num_tokens"]),
     )
-
-
-def tokenizer_fingerprint(path: str | Path) -> str:
-    return vocabulary_fingerprint(load_tokenizer(path))
