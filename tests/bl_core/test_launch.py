@@ -1,78 +1,65 @@
-"""The multi-process path: 2 CPU processes (torchrun + gloo) train like 1 process."""
+"""The multi-process path: the micro preset's distillation in 2 CPU processes (torchrun +
+gloo) trains like 1 process."""
 
 import json
 
 import pytest
 import torch
-from conftest import make_mistral, make_tokenizer
 from safetensors.torch import load_file
 
-from bl_core.config import config_from_dict
+from bl_core.config import apply_overrides
+from bl_core.data import prepare_data
+from bl_core.ladder import prepare_teacher, warm_started_student
 from bl_core.launch import launch
-from bl_core.packing import PackedDataset, pack_documents
-from bl_core.student import build_student
+from bl_core.packing import PackedDataset
+from bl_core.preset_files import resolve_config
+from bl_core.student import load_pretrained
 from bl_core.training import TrainingError, train
 
 pytestmark = pytest.mark.slow
-SEQ = 32
 
 
-def _sections(micro_batch: int, processes: int) -> dict:
-    return {
-        "train": {
-            "total_tokens": 8 * 8 * SEQ,
-            "micro_batch_size": micro_batch,
-            "learning_rate": 5e-3,
-            "log_every": 1,
-            "num_processes": processes,
-        },
-        "lora": {"rank": 4, "lora_alpha": 8, "dropout": 0.0},
-        "budget": {"final_fraction": 0.3, "ema_beta": 0.5},
-    }
+def _losses(run_dir):
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
 
 
-def _last_loss(run_dir):
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in lines if "loss" in r]
-
-
-def test_two_processes_match_one(tmp_path):
-    tok = make_tokenizer()
-    pack_documents(
-        [f"The quick brown fox {i} jumps over the lazy dog. " * 6 for i in range(40)],
-        tok,
-        SEQ,
-        tmp_path / "data",
-    )
-    teacher = make_mistral(seed=1, num_layers=4)
-    teacher.save_pretrained(tmp_path / "teacher")
-    build_student(teacher, 2, "mixed").save_pretrained(tmp_path / "student")
+def test_micro_distillation_in_two_processes_matches_one(tmp_path):
+    cfg, _ = resolve_config("micro")
+    cfg = apply_overrides(cfg, {"budget.final_fraction": 0.4, "train.log_every": 1})
+    data = prepare_data(cfg, tmp_path / "data")
+    teacher = prepare_teacher(cfg.teachers[0], cfg, data, tmp_path / "teacher")
+    student_dir = tmp_path / "student"
+    warm_started_student(teacher, cfg).save_pretrained(student_dir)
 
     one = train(
-        build_student(teacher, 2, "mixed"),
-        teacher,
+        load_pretrained(student_dir),
+        load_pretrained(teacher["model_dir"]),
         "budgeted",
-        PackedDataset(tmp_path / "data"),
-        config_from_dict(_sections(8, 1)),
+        PackedDataset(data.train_dir),
+        cfg,
         tmp_path / "one",
-        vocab_size=len(tok),
+        vocab_size=data.vocab_size,
+    )
+    # two processes, half the micro-batch each: the same global batch every step
+    two_cfg = apply_overrides(
+        cfg, {"train.num_processes": 2, "train.micro_batch_size": cfg.train.micro_batch_size // 2}
     )
     spec = {
         "method": "budgeted",
-        "sections": _sections(4, 2),
+        "sections": two_cfg.model_dump(mode="json"),
         "run_dir": str(tmp_path / "two"),
-        "student_dir": str(tmp_path / "student"),
-        "teacher_dir": str(tmp_path / "teacher"),
-        "train_dir": str(tmp_path / "data"),
-        "vocab_size": len(tok),
+        "student_dir": str(student_dir),
+        "teacher_dir": teacher["model_dir"],
+        "train_dir": data.train_dir,
+        "vocab_size": data.vocab_size,
     }
     two = launch(spec, 2, timeout_s=600)
 
-    assert two["steps"] == one["steps"] == 8 and two["tokens"] == one["tokens"]
-    # same global batch each step: the loss curves agree up to float reduction order
+    assert two["steps"] == one["steps"] and two["tokens"] == one["tokens"]
     torch.testing.assert_close(
-        torch.tensor(_last_loss(tmp_path / "two")),
-        torch.tensor(_last_loss(tmp_path / "one")),
+        torch.tensor(_losses(tmp_path / "two")),
+        torch.tensor(_losses(tmp_path / "one")),
         rtol=1e-4,
         atol=1e-4,
     )
@@ -84,14 +71,15 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_failed_launch_reports_the_error(tmp_path):
+    cfg, _ = resolve_config("micro")
     spec = {
         "method": "kd_full",
-        "sections": _sections(4, 2),
+        "sections": cfg.model_dump(mode="json"),
         "run_dir": str(tmp_path / "run"),
         "student_dir": str(tmp_path / "missing"),
         "teacher_dir": None,
         "train_dir": str(tmp_path / "missing-data"),
-        "vocab_size": 300,
+        "vocab_size": 512,
     }
     with pytest.raises(TrainingError, match="2-process training of 'kd_full'.*failed"):
         launch(spec, 2, timeout_s=300)
