@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 import bl_core
+from bl_core.allocator import tune_cpu_allocator
 from bl_core.compression import ModulePlan, choose_form
 from bl_core.config import BudgetedLoRAConfig, apply_overrides, config_from_dict
 from bl_core.modules import LowRankLinear
@@ -181,7 +182,9 @@ def resolve(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Threads and seeds, before anything is built."""
+    """Threads, seeds and (on CPU) the allocator, before anything is built."""
+    if args.device.type == "cpu":
+        args.cpu_allocator_tuned = tune_cpu_allocator()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -241,6 +244,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": str(args.dtype).removeprefix("torch."),
         "git_commit": _git_commit(),
         "quick": bool(args.quick),
+        "cpu_allocator_tuned": getattr(args, "cpu_allocator_tuned", False),
     }
     if args.device.type == "cuda":
         env["gpu_name"] = torch.cuda.get_device_name(args.device)
@@ -258,7 +262,8 @@ def format_header(title: str, env: dict[str, Any]) -> str:
         f"torch {env['torch_version']}, transformers {env['transformers_version']}, "
         f"peft {env['peft_version']}, threads {env['num_threads']}, device {env['device']}"
         + (f" ({env['gpu_name']})" if "gpu_name" in env else "")
-        + f", dtype {env['dtype']}, commit {env['git_commit']}",
+        + f", dtype {env['dtype']}, commit {env['git_commit']}"
+        + (", glibc allocator tuned" if env.get("cpu_allocator_tuned") else ""),
     ]
     if load and env["device"] == "cpu" and load[0] > 0.5 * (env["cpu_cores_usable"] or 1):
         lines.append(

@@ -104,13 +104,25 @@ class GatedLoRALinear(nn.Module):
 
     # -- forward ------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:  # x: (..., d_in) -> (..., d_out)
-        h = F.linear(self.dropout(x), self.lora_A) * self.rank_scale()  # (..., r)
-        out = F.linear(h, self.lora_B)  # (..., d_out)
+        h = F.linear(self.dropout(x), self.lora_A)  # (..., r)
+        scale = self.scale
+        if self.gate_logits is not None:  # per-rank gates: one (..., r) pass, in h's dtype
+            h = h * (torch.sigmoid(self.gate_logits) * scale).to(h.dtype)
+            scale = 1.0
         alpha = self._retention_value
-        if alpha == 0.0:
-            return out  # the dense matmul is skipped: this is the training-time saving
-        dense = self.base(x)
-        return dense + out if alpha == 1.0 else dense * alpha + out
+        if alpha == 0.0:  # the dense matmul is skipped: this is the training-time saving
+            return F.linear(h, self.lora_B if scale == 1.0 else self.lora_B * scale)
+        dense = self.base(x)  # (..., d_out)
+        # One GEMM adds the low-rank path onto the dense output, with the retention and the
+        # LoRA scale as its coefficients: no separate scale or sum pass over (..., d_out).
+        out = torch.addmm(
+            dense.reshape(-1, self.out_features),
+            h.reshape(-1, self.rank),
+            self.lora_B.t(),
+            beta=alpha,
+            alpha=scale,
+        )
+        return out.view(dense.shape)
 
     def extra_repr(self) -> str:
         return (

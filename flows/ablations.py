@@ -21,6 +21,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import apply_overrides
 from bl_core.errors import ConfigError
 from flows.cells import GridContext, run_cell
@@ -93,6 +94,7 @@ def ablations(
 ) -> dict[str, Any]:
     """Run the selected sweeps (default: all) distilling from ``teacher`` (default: the
     smallest rung, as in the paper); ``train_tokens`` shortens every run."""
+    tune_cpu_allocator()  # this process trains and evaluates: keep freed memory
     unknown = set(sweeps or []) - set(SWEEPS)
     if unknown:
         raise ConfigError(f"unknown sweep(s) {sorted(unknown)}; known: {', '.join(SWEEPS)}")

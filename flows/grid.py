@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import BudgetedLoRAConfig, apply_overrides
 from bl_core.preset_files import resolve_config
 from flows.cells import GridContext, run_cell, run_reference
@@ -96,6 +97,7 @@ def full_grid(
     student's warm start); ``overrides`` are dotted config keys; ``force`` names stages
     to recompute on purpose (e.g. ``["evaluate-icl"]``).
     """
+    tune_cpu_allocator()  # this process trains and evaluates: keep freed memory
     cfg, preset = resolve_grid_config(config, overrides, methods, budgets, seeds)
     out = str(Path(output_dir or Path("outputs") / preset).resolve())
     ctx = GridContext.start(cfg, preset, out, force or [], grid_id=str(flow_run.get_id()))
@@ -136,6 +138,7 @@ def single_run(
     force: list[str] | None = None,
 ) -> dict[str, Any]:
     """One teacher x method x budget cell (with its data, ladder and evaluation)."""
+    tune_cpu_allocator()  # this process trains and evaluates: keep freed memory
     budgets = [final_fraction] if final_fraction is not None else None
     cfg, preset = resolve_grid_config(config, overrides, [method], budgets, [seed])
     out = str(Path(output_dir or Path("outputs") / preset).resolve())

@@ -84,3 +84,71 @@ def test_vocab_too_small_is_an_error_naming_the_side():
             torch.zeros(1, 3, dtype=torch.long),
             vocab_size=8,
         )
+
+
+def _reference_autograd(s, t, ids, mask, T, lam, V):
+    s64 = s.detach().double().requires_grad_()
+    total, _, _ = _reference(s64, t, ids, mask, T, lam, V)
+    total.backward()
+    return s64.grad
+
+
+@pytest.mark.parametrize("kd_weight", [0.0, 0.8, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_gradient_matches_autograd_reference(kd_weight, temperature):
+    """The fused backward equals autograd through the plain per-position formula,
+    including padding, the shift and logits wider than the vocabulary."""
+    torch.manual_seed(0)
+    s = torch.randn(2, 7, 12, requires_grad=True)
+    t = torch.randn(2, 7, 16)
+    ids = torch.randint(0, 10, (2, 7))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]])
+    out = distillation_loss(
+        s, t, ids, mask, temperature=temperature, kd_weight=kd_weight, vocab_size=10, chunk_size=4
+    )
+    (2.5 * out.total).backward()  # the upstream gradient is applied, not assumed to be 1
+    expected = 2.5 * _reference_autograd(s, t, ids, mask, temperature, kd_weight, 10)
+    torch.testing.assert_close(s.grad.double(), expected, rtol=1e-5, atol=1e-7)
+    assert s.grad[..., 10:].abs().sum() == 0  # vocabulary padding gets no gradient
+
+
+def test_gradient_without_mask_and_without_teacher():
+    torch.manual_seed(0)
+    s = torch.randn(3, 6, 9, requires_grad=True)
+    ids = torch.randint(0, 9, (3, 6))
+    distillation_loss(s, None, ids, chunk_size=2).total.backward()
+    ones = torch.ones(3, 6, dtype=torch.long)
+    expected = _reference_autograd(s, torch.zeros(3, 6, 9), ids, ones, 1.0, 0.0, 9)
+    torch.testing.assert_close(s.grad.double(), expected, rtol=1e-5, atol=1e-7)
+    assert s.grad[:, -1].abs().sum() == 0  # the last position predicts nothing
+
+
+def test_bfloat16_logits_get_a_bfloat16_gradient_computed_in_float32():
+    torch.manual_seed(0)
+    s32 = torch.randn(1, 5, 8)
+    t = torch.randn(1, 5, 8, dtype=torch.bfloat16)
+    ids = torch.randint(0, 8, (1, 5))
+    s16 = s32.bfloat16().requires_grad_()
+    out16 = distillation_loss(s16, t, ids)
+    out16.total.backward()
+    assert out16.total.dtype == torch.float32 and s16.grad.dtype == torch.bfloat16
+    s_ref = s16.detach().float().requires_grad_()
+    out32 = distillation_loss(s_ref, t.float(), ids)
+    out32.total.backward()
+    torch.testing.assert_close(out16.total, out32.total)
+    torch.testing.assert_close(s16.grad.float(), s_ref.grad, rtol=2e-2, atol=1e-3)
+
+
+def test_second_backward_is_refused():
+    s = torch.randn(1, 4, 8, requires_grad=True)
+    out = distillation_loss(s, torch.randn(1, 4, 8), torch.randint(0, 8, (1, 4)))
+    out.total.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass per forward"):
+        out.total.backward()
+
+
+def test_bad_chunk_size_names_the_value():
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        distillation_loss(
+            torch.randn(1, 3, 4), None, torch.zeros(1, 3, dtype=torch.long), chunk_size=0
+        )
