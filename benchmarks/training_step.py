@@ -56,6 +56,16 @@ GPU = bc.Defaults(tokens=8192, repeats=10, warmup=3)
 QUICK = bc.Defaults(tokens=64, repeats=2, warmup=1)
 GOAL_FRACTION_OF_PROXY_SAVING = 0.8
 
+MODULE_COLUMNS: list[bc.Column] = [
+    ("side", "side", ""),
+    ("F", "final_fraction", ".2f"),
+    ("retained", "retained_fraction", ".3f"),
+    ("ms/step", "step_ms", ".1f"),
+    ("time vs kd_full", "time_vs_kd_full", ".3f"),
+    ("proxy", "proxy", ".3f"),
+    ("meas/proxy", "time_over_proxy", ".2f"),
+]
+
 COLUMNS: list[bc.Column] = [
     ("side", "side", ""),
     ("F", "final_fraction", ".2f"),
@@ -177,6 +187,44 @@ def step_macs(
     return 2.0 * rho * dense + 3.0 * lora + 2.0 * head + 3.0 * attention
 
 
+def adapted_modules_step(
+    run: _Run, names: Sequence[str], tokens: int, seed: int, bf16: bool
+) -> Callable[[], None]:
+    """One training step of the adapted projections alone, the proxy's scope.
+
+    Every module of ``names`` in ``run``'s student (``nn.Linear`` in kd_full,
+    ``GatedLoRALinear`` otherwise, retentions as the run left them) runs forward and
+    backward on ``(1, tokens, d_in)`` with an input that needs its gradient, as inside
+    the network (siblings share their input, and its gradient accumulates as it would);
+    then a fused AdamW step on the modules' trainable parameters. The proxy counts exactly
+    this: ``3 C_d`` (kd_full) and ``2 rho C_d + 3 C_L`` (LoRA sides).
+    """
+    model = run.acc.unwrap_model(run.model)
+    modules = [model.get_submodule(n) for n in names]
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    inputs: dict[int, Tensor] = {}
+    for m in modules:
+        if m.in_features not in inputs:
+            x = torch.randn(1, tokens, m.in_features, generator=gen)
+            inputs[m.in_features] = x.to(device).requires_grad_()
+    grads = [torch.randn(1, tokens, m.out_features, generator=gen).to(device) for m in modules]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    fused = device.type in ("cpu", "cuda") or None
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, fused=fused)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for m, gy in zip(modules, grads):
+                m(inputs[m.in_features]).backward(gy)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for x in inputs.values():
+            x.grad = None
+
+    return step
+
+
 def _train_config(args: argparse.Namespace, final_fraction: float | None) -> BudgetedLoRAConfig:
     """Config of one side; the run is long enough that the timed steps of the "start" side
     stay before the decay window (progress < schedule_start)."""
@@ -254,75 +302,116 @@ def build_sides(
     return sides
 
 
-def analyse(
-    args: argparse.Namespace, sides: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows (ratios, proxies) and goal checks from the measured medians."""
-    gated = sides[1]["run"].prepared.gated
-    shapes = [(m.in_features, m.out_features) for _, m in gated]
-    rank = gated[0][1].rank
-    dense, lora = dense_cost(shapes), lora_cost(shapes, rank)
-    cfg = bc.method_config(args)
-    student_cfg = sides[0]["run"].acc.unwrap_model(sides[0]["run"].model).config
-    full_macs = step_macs(student_cfg, args.seq_len, dense, lora, None)
-    by_name = {s["side"]: s for s in sides}
-    t_full = by_name["kd_full"]["median_s"]
-    rows = []
-    for s in sides:
-        retained = s.get("retained_fraction")
-        rho = None if s["method"] == "kd_full" else 1.0 if retained is None else retained
-        proxy = 1.0 if rho is None else train_compute_proxy("budgeted", dense, lora, rho)
-        rows.append(
-            {
-                "side": s["side"],
-                "method": s["method"],
-                "final_fraction": s["final_fraction"],
-                "retained_fraction": s.get("retained_fraction"),
-                "step_ms": 1e3 * s["median_s"],
-                "step_s_samples": list(s["samples_s"]),
-                "tokens_per_s": args.tokens / s["median_s"],
-                "time_vs_kd_full": s["median_s"] / t_full,
-                "proxy": proxy,
-                "whole_step_mac_vs_kd_full": (
-                    step_macs(student_cfg, args.seq_len, dense, lora, rho) / full_macs
-                ),
-            }
-        )
+def _proxy_of(side: dict[str, Any], dense: float, lora: float) -> tuple[float | None, float]:
+    """(rho, proxy) of a side: rho None for kd_full, the realised retention otherwise."""
+    retained = side.get("retained_fraction")
+    rho = None if side["method"] == "kd_full" else 1.0 if retained is None else retained
+    return rho, 1.0 if rho is None else train_compute_proxy("budgeted", dense, lora, rho)
+
+
+def saving_goals(
+    args: argparse.Namespace,
+    by_name: dict[str, dict[str, Any]],
+    key: str,
+    scope: str,
+    dense: float,
+    lora: float,
+    ceiling: Callable[[float], float] | None = None,
+) -> list[dict[str, Any]]:
+    """Measured saving vs kd_full / the proxy's saving, after the window and (estimated)
+    over a whole run, for the step times under ``key``. ``ceiling(rho)``, when given, is
+    the saving a MAC-perfect implementation of that scope would reach."""
     goals = []
-    t_start = by_name["budgeted start"]["median_s"]
-    b = cfg.budget
+    t_full, t_start = by_name["kd_full"][key], by_name["budgeted start"][key]
+    b = bc.method_config(args).budget
     for f in args.budgets:
         side = by_name[f"budgeted F={f:g}"]
         rho_f = side["retained_fraction"]
         predicted = 1.0 - train_compute_proxy("budgeted", dense, lora, rho_f)
         if predicted <= 0:  # e.g. F = 1, or a rank so high that LoRA costs more than it saves
             continue
-        measured = 1.0 - side["median_s"] / t_full
-        ceiling = 1.0 - step_macs(student_cfg, args.seq_len, dense, lora, rho_f) / full_macs
+        measured = 1.0 - side[key] / t_full
+        note = "" if ceiling is None else f"; MAC ceiling {ceiling(rho_f) / predicted:.0%}"
         goals.append(
             bc.goal(
-                f"F={f:g} after window: measured saving {measured:.1%} / proxy saving "
-                f"{predicted:.1%} (rho={rho_f:.3f}; whole-step MAC ceiling "
-                f"{ceiling / predicted:.0%})",
+                f"[{scope}] F={f:g} after window: measured saving {measured:.1%} / proxy "
+                f"saving {predicted:.1%} (rho={rho_f:.3f}{note})",
                 measured / predicted,
                 GOAL_FRACTION_OF_PROXY_SAVING,
             )
         )
         rho_bar = analytic_mean_retention(f, b.schedule_start, b.schedule_end)
-        t_run = t_start + (side["median_s"] - t_start) * (1.0 - rho_bar) / max(1.0 - f, 1e-9)
+        t_run = t_start + (side[key] - t_start) * (1.0 - rho_bar) / max(1.0 - f, 1e-9)
         predicted = 1.0 - train_compute_proxy("budgeted", dense, lora, rho_bar)
         measured = 1.0 - t_run / t_full
+        note = "" if ceiling is None else f"; MAC ceiling {ceiling(rho_bar) / predicted:.0%}"
         goals.append(
             bc.goal(
-                f"F={f:g} whole run (estimate): measured saving {measured:.1%} / proxy saving "
-                f"{predicted:.1%} (analytic rho={rho_bar:.3f})",
+                f"[{scope}] F={f:g} whole run (estimate): measured saving {measured:.1%} / "
+                f"proxy saving {predicted:.1%} (analytic rho={rho_bar:.3f}{note})",
                 measured / predicted,
                 GOAL_FRACTION_OF_PROXY_SAVING,
             )
         )
+    return goals
+
+
+def analyse(
+    args: argparse.Namespace, sides: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Whole-step rows, adapted-module rows and goal checks from the measured medians."""
+    gated = sides[1]["run"].prepared.gated
+    shapes = [(m.in_features, m.out_features) for _, m in gated]
+    dense, lora = dense_cost(shapes), lora_cost(shapes, gated[0][1].rank)
+    student_cfg = sides[0]["run"].acc.unwrap_model(sides[0]["run"].model).config
+    full_macs = step_macs(student_cfg, args.seq_len, dense, lora, None)
+    by_name = {s["side"]: s for s in sides}
+    t_full = by_name["kd_full"]["median_s"]
+    rows, module_rows = [], []
+    for s in sides:
+        rho, proxy = _proxy_of(s, dense, lora)
+        common = {
+            "side": s["side"],
+            "method": s["method"],
+            "final_fraction": s["final_fraction"],
+            "retained_fraction": s.get("retained_fraction"),
+            "proxy": proxy,
+        }
+        rows.append(
+            common
+            | {
+                "scope": "whole_step",
+                "step_ms": 1e3 * s["median_s"],
+                "step_s_samples": list(s["samples_s"]),
+                "tokens_per_s": args.tokens / s["median_s"],
+                "time_vs_kd_full": s["median_s"] / t_full,
+                "whole_step_mac_vs_kd_full": (
+                    step_macs(student_cfg, args.seq_len, dense, lora, rho) / full_macs
+                ),
+            }
+        )
+        if "modules_median_s" in s:
+            ratio = s["modules_median_s"] / by_name["kd_full"]["modules_median_s"]
+            module_rows.append(
+                common
+                | {
+                    "step_ms": 1e3 * s["modules_median_s"],
+                    "step_s_samples": list(s["modules_samples_s"]),
+                    "time_vs_kd_full": ratio,
+                    "time_over_proxy": ratio / proxy,
+                }
+            )
+
+    def whole_step_ceiling(rho: float) -> float:
+        return 1.0 - step_macs(student_cfg, args.seq_len, dense, lora, rho) / full_macs
+
+    goals = saving_goals(args, by_name, "modules_median_s", "adapted modules", dense, lora)
+    goals += saving_goals(
+        args, by_name, "median_s", "whole step", dense, lora, ceiling=whole_step_ceiling
+    )
     peer, ours_lora = by_name["peft_lora"]["median_s"], by_name["kd_lora"]["median_s"]
-    goals.append(bc.goal("kd_lora tokens/s: ours / PEFT peer", peer / ours_lora, 1.0))
-    return rows, goals
+    goals.append(bc.goal("[whole step] kd_lora tokens/s: ours / PEFT peer", peer / ours_lora, 1.0))
+    return rows, module_rows, goals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,13 +439,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             controller = side["run"].controller if "run" in side else None
             # realised dense fraction at the end of the timed steps
             side["retained_fraction"] = controller.retained_fraction() if controller else None
-        rows, goals = analyse(args, sides)
-    print()
+        ours_sides = [s for s in sides if "run" in s]
+        names = [n for n, _ in sides[1]["run"].prepared.gated]
+        bf16 = args.dtype == torch.bfloat16
+        module_fns = [
+            bc.in_grad_mode(adapted_modules_step(s["run"], names, args.tokens, args.seed, bf16))
+            for s in ours_sides
+        ]
+        module_timings = time_interleaved(module_fns, args.repeats, args.warmup, args.device)
+        for side, timing in zip(ours_sides, module_timings):
+            side["modules_median_s"], side["modules_samples_s"] = timing.median_s, timing.samples_s
+        rows, module_rows, goals = analyse(args, sides)
+    print("\nwhole student step (what a training run pays):")
     print(bc.format_table(rows, COLUMNS))
     print(
         "\nproxy = paper Appendix E over the adapted modules (kd_full = 1); whole-step MAC adds "
         "the LM head and attention; retained = realised dense fraction at the timed steps"
     )
+    print(f"\nthe {len(names)} adapted projections alone (the proxy's scope), fwd + bwd + AdamW:")
+    print(bc.format_table(module_rows, MODULE_COLUMNS))
     settings = bc.common_settings(args) | {
         "model_config": args.model_config or ("quick" if args.quick else "mistral-0.13b"),
         "budgets": args.budgets,
@@ -366,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "teacher": "fixed logits (student-side step only)",
         "dropout_mode": "train() on every side",
     }
-    bc.finish(NAME, args, env, settings, rows, goals)
+    results = rows + [r | {"scope": "adapted_modules"} for r in module_rows]
+    bc.finish(NAME, args, env, settings, results, goals)
     return 0
 
 

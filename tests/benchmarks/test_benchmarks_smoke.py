@@ -100,24 +100,25 @@ def test_end_to_end(bench, tmp_path):
 
 def test_training_step(bench, tmp_path):
     r = _run(bench, "training_step", tmp_path)
-    rows = {x["side"]: x for x in r["results"]}
-    assert set(rows) == {
-        "kd_full",
-        "kd_lora",
-        "budgeted start",
-        "budgeted F=0",
-        "budgeted F=0.4",
-        "peft_lora",
-    }
-    for row in rows.values():
+    whole = {x["side"]: x for x in r["results"] if x["scope"] == "whole_step"}
+    modules = {x["side"]: x for x in r["results"] if x["scope"] == "adapted_modules"}
+    ours = {"kd_full", "kd_lora", "budgeted start", "budgeted F=0", "budgeted F=0.4"}
+    assert set(whole) == ours | {"peft_lora"}
+    assert set(modules) == ours  # the proxy's scope: our sides' adapted projections
+    for row in whole.values():
         assert {"step_ms", "tokens_per_s", "time_vs_kd_full", "proxy"} <= row.keys()
         assert "whole_step_mac_vs_kd_full" in row
-    assert rows["kd_full"]["proxy"] == 1.0
-    assert rows["budgeted start"]["retained_fraction"] == 1.0
-    assert rows["budgeted F=0"]["retained_fraction"] == 0.0  # the controller really ran
-    assert rows["budgeted F=0.4"]["retained_fraction"] == pytest.approx(0.4, abs=0.01)
-    assert rows["peft_lora"]["proxy"] == pytest.approx(rows["kd_lora"]["proxy"])
-    assert len(r["goals"]) == 5  # 2 per budget + ours vs PEFT
+    for side, row in modules.items():
+        assert row["proxy"] == whole[side]["proxy"]
+        assert row["time_over_proxy"] == pytest.approx(row["time_vs_kd_full"] / row["proxy"])
+    assert whole["kd_full"]["proxy"] == 1.0 and modules["kd_full"]["time_vs_kd_full"] == 1.0
+    assert whole["budgeted start"]["retained_fraction"] == 1.0
+    assert whole["budgeted F=0"]["retained_fraction"] == 0.0  # the controller really ran
+    assert whole["budgeted F=0.4"]["retained_fraction"] == pytest.approx(0.4, abs=0.01)
+    assert whole["peft_lora"]["proxy"] == pytest.approx(whole["kd_lora"]["proxy"])
+    # 2 per budget for each scope, + ours vs PEFT
+    assert len(r["goals"]) == 2 * 2 * 2 + 1
+    assert sum(g["name"].startswith("[adapted modules]") for g in r["goals"]) == 4
 
 
 def test_gated_overhead(bench, tmp_path):
