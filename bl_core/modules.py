@@ -17,6 +17,44 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class LoRADropout(nn.Module):
+    """Inverted dropout, ``x * keep / (1 - p)`` with ``P(keep = 0) = p`` per element.
+
+    On CPU the mask comes from 15-bit integers cut out of 64-bit draws of the default
+    generator: four elements per draw instead of one float draw each, which makes the
+    forward + backward about 2x faster than ``nn.Dropout`` (PyTorch's CPU Bernoulli
+    sampler dominates LoRA's cost there: ~7 ms per 1024 x 768 input, a third of a
+    budgeted step at F = 0). ``p`` is rounded to a multiple of 1/32768 (0.05 ->
+    0.049988) and kept elements scaled by ``1 / (1 - rounded p)``. Elsewhere (CUDA's
+    Philox sampler is cheap) this is ``F.dropout``.
+    """
+
+    _BITS = 15
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout={p}: must be in [0, 1)")
+        self.p = p
+        self._threshold = round(p * (1 << self._BITS))  # drop where bits < threshold
+        # kept elements scaled for the rounded p, so that E[output] = x exactly
+        self._scale = 1.0 / (1.0 - self._threshold / (1 << self._BITS))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each
+        bits = draws.view(torch.int16)[:n].view(x.shape) & ((1 << self._BITS) - 1)
+        keep = (bits >= self._threshold).to(x.dtype)
+        return x * keep.mul_(self._scale)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class GatedLoRALinear(nn.Module):
     """Wraps a frozen ``nn.Linear`` with a gated low-rank path and a dense retention.
 
@@ -54,7 +92,7 @@ class GatedLoRALinear(nn.Module):
             if use_gates
             else None
         )
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = LoRADropout(dropout) if dropout > 0 else nn.Identity()
         # A buffer so it travels with state_dict; the Python float mirror lets forward
         # branch on it without a device sync.
         self.register_buffer("retention", torch.ones((), device=base.weight.device))

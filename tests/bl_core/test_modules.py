@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bl_core.modules import GatedLoRALinear, LowRankLinear
+from bl_core.modules import GatedLoRALinear, LoRADropout, LowRankLinear
 
 
 def _gated(bias: bool = True, use_gates: bool = True, seed: int = 0) -> GatedLoRALinear:
@@ -81,3 +81,61 @@ def test_low_rank_linear_matches_its_dense_weight():
     m = LowRankLinear(6, 9, 3, bias=True)
     x = torch.randn(4, 6)
     torch.testing.assert_close(m(x), x @ m.dense_weight().T + m.up.bias)
+
+
+@pytest.mark.parametrize(("use_gates", "retention"), [(False, 1.0), (True, 1.0), (True, 0.0)])
+def test_forward_and_gradients_match_the_formula(use_gates, retention):
+    """The fused forward (addmm with retention and scale as coefficients) has the
+    formula's value and gradients, for plain LoRA, gated, and the skipped dense path."""
+    m = _gated(use_gates=use_gates)
+    with torch.no_grad():
+        m.lora_B.normal_()
+    m.set_retention(retention)
+    x = torch.randn(3, 5, 12, requires_grad=True)
+    y = m(x)
+    g = torch.sigmoid(m.gate_logits) if use_gates else torch.ones(4)
+    a, b = m.lora_A.detach().clone().requires_grad_(), m.lora_B.detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    expected = (
+        retention * (x_ref @ m.base.weight.T + m.base.bias) + 2.0 * (x_ref @ a.T * g.detach()) @ b.T
+    )
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    expected.backward(gy)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.lora_A.grad, a.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.lora_B.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_dropout_drops_each_element_with_probability_p_and_keeps_the_mean():
+    torch.manual_seed(0)
+    drop = LoRADropout(0.05).train()
+    x = torch.ones(1000, 1003)  # odd size: the last 64-bit draw is only partly used
+    y = drop(x)
+    dropped = y == 0
+    assert torch.unique(y).tolist() == pytest.approx([0.0, 1 / (1 - 1638 / 32768)])
+    # every 16-bit lane of the 64-bit draws is random (~2.5e5 elements each: sd ~4.4e-4)
+    lanes = dropped.flatten()[: 4 * (x.numel() // 4)].view(-1, 4).float().mean(0)
+    torch.testing.assert_close(lanes, torch.full((4,), 0.05), rtol=0, atol=3e-3)
+    assert abs(y.mean().item() - 1.0) < 5e-3  # inverted dropout keeps the expectation
+    assert torch.equal(drop.eval()(x), x)  # identity in eval mode
+
+
+def test_lora_dropout_is_seeded_and_its_gradient_is_the_mask():
+    drop = LoRADropout(0.3).train()
+    torch.manual_seed(7)
+    first = drop(torch.ones(64, 64))
+    torch.manual_seed(7)
+    x = torch.randn(64, 64, requires_grad=True)
+    torch.manual_seed(7)
+    y = drop(x)
+    assert torch.equal(y == 0, first == 0)  # same seed, same mask
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, first)  # d(x * keep / (1 - p)) / dx
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0])
+def test_lora_dropout_rejects_bad_probability(bad):
+    with pytest.raises(ValueError, match=f"dropout={bad}"):
+        LoRADropout(bad)
