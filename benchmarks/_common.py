@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ from bl_core.student import load_model_config, select_layers, student_config
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
+# Other processes' share of the CPU, measured over 1 s before a run, above which the
+# figures get a warning (the load average would count the previous benchmark too).
+BUSY_WARNING = 0.2
 PAPER_MODEL_CONFIG = Path(bl_core.__file__).parent / "presets" / "models" / "mistral-0.13b.json"
 
 # --quick: the paper model's proportions (kv = hidden / 4, ffn = 4 hidden, r / hidden
@@ -224,6 +228,25 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _cpu_busy_fraction(interval_s: float = 1.0) -> float | None:
+    """Share of all cores busy over ``interval_s`` (from /proc/stat), sampled before this
+    script does any work: whatever it measures is other processes. ``None`` off Linux."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields[:8])  # guest time is already inside user/nice
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(interval_s)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return None if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     """What the figures were measured on; the load average says how far to trust them."""
     cores = os.cpu_count()
@@ -235,6 +258,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_cores": cores,
         "cpu_cores_usable": affinity,
         "load_average": load,
+        "cpu_busy_before_start": _cpu_busy_fraction() if args.device.type == "cpu" else None,
         "torch_version": torch.__version__,
         "transformers_version": _version("transformers"),
         "peft_version": _version("peft"),
@@ -265,11 +289,14 @@ def format_header(title: str, env: dict[str, Any]) -> str:
         + f", dtype {env['dtype']}, commit {env['git_commit']}"
         + (", glibc allocator tuned" if env.get("cpu_allocator_tuned") else ""),
     ]
-    if load and env["device"] == "cpu" and load[0] > 0.5 * (env["cpu_cores_usable"] or 1):
-        lines.append(
-            "WARNING: the machine is busy (1-min load above half the cores): CPU figures are "
-            "not trustworthy"
-        )
+    busy = env.get("cpu_busy_before_start")
+    if busy is not None:
+        lines[1] += f", {busy:.0%} busy before start"
+        if busy > BUSY_WARNING:
+            lines.append(
+                f"WARNING: other processes kept {busy:.0%} of the CPU busy just before this run: "
+                "CPU figures are not trustworthy"
+            )
     if env["quick"]:
         lines.append("QUICK (smoke) run: toy shapes, figures are meaningless")
     return "\n".join(lines)

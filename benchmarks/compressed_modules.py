@@ -31,7 +31,7 @@ from bl_core.config import TARGET_MODULES
 from bl_core.speed import measure_module_speedup
 
 NAME = "compressed_modules"
-FULL = bc.Defaults(tokens=1024, repeats=10, warmup=2)
+FULL = bc.Defaults(tokens=1024, repeats=20, warmup=3)
 GPU = bc.Defaults(tokens=1024, repeats=20, warmup=5)
 QUICK = bc.Defaults(tokens=64, repeats=2, warmup=1)
 GOAL_FRACTION_OF_MAC = 0.9
