@@ -51,7 +51,7 @@ from bl_core.speed import time_interleaved
 from bl_core.training import _Run
 
 NAME = "training_step"
-FULL = bc.Defaults(tokens=1024, repeats=3, warmup=1)
+FULL = bc.Defaults(tokens=1024, repeats=5, warmup=1)
 GPU = bc.Defaults(tokens=8192, repeats=10, warmup=3)
 QUICK = bc.Defaults(tokens=64, repeats=2, warmup=1)
 GOAL_FRACTION_OF_PROXY_SAVING = 0.8
