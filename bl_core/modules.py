@@ -196,7 +196,8 @@ class LowRankLinear(nn.Module):
         return self.up.weight @ self.down.weight
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_in) -> (..., d_out)
-        return self.up(self.down(x))
+        # F.linear on the weights directly: two GEMMs, no nested module calls.
+        return F.linear(F.linear(x, self.down.weight), self.up.weight, self.up.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
