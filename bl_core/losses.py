@@ -20,7 +20,7 @@ so backward is a single scaling. Compared with autograd through ``log_softmax`` 
 ``kl_div`` / ``cross_entropy`` this makes about half the passes over the
 ``positions x vocab`` tensors, keeps only one of them (the gradient, in the logits'
 dtype) alive between forward and backward, and never copies the logits to select the
-counted positions: chunks are views, and padding is handled by zero row weights.
+counted positions: chunks are views, and padded rows are zeroed instead.
 """
 
 from __future__ import annotations
@@ -78,14 +78,14 @@ def _chunk(
     student: Tensor,
     teacher: Tensor | None,
     targets: Tensor,
-    weights: Tensor | None,
+    counted: Tensor | None,
     temperature: float,
     kd_weight: float,
     grad_out: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Summed ``T^2 KL`` and summed CE over one chunk of positions; with ``grad_out``
     the chunk's unnormalised gradient is written there. Shapes: student/teacher (N, V),
-    targets/weights (N,), grad_out (N, V)."""
+    targets/counted (N,), grad_out (N, V)."""
     dtype = torch.promote_types(student.dtype, torch.float32)  # float64 stays float64
     z_s = student.to(dtype)  # (N, V); never written in place (may be the logits' view)
     log_p_s = F.log_softmax(z_s, dim=-1)  # (N, V)
@@ -96,9 +96,10 @@ def _chunk(
         log_q_t = F.log_softmax(teacher.to(dtype) / temperature, dim=-1)
         q_t = log_q_t.exp()
         kl_rows = log_q_t.sub_(log_q_s).mul_(q_t).sum(-1) * temperature**2  # (N,)
-    if weights is not None:  # padding: zero rows instead of copying the counted ones
-        ce_rows = ce_rows * weights
-        kl_rows = None if kl_rows is None else kl_rows * weights
+    if counted is not None:  # padding: zero rows instead of copying the counted ones
+        # (masked_fill, not a product: padded logits may be inf/NaN and must not leak)
+        ce_rows = ce_rows.masked_fill(~counted, 0.0)
+        kl_rows = None if kl_rows is None else kl_rows.masked_fill(~counted, 0.0)
     kl_sum = ce_rows.new_zeros(()) if kl_rows is None else kl_rows.sum()
     if grad_out is not None:
         if teacher is None or kd_weight < 1.0:  # CE part: softmax(z_s) - onehot(y)
@@ -110,8 +111,8 @@ def _chunk(
             grad = log_q_s.exp_().sub_(q_t).mul_(kd_weight * temperature)
             if kd_weight < 1.0:
                 grad.add_(ce_grad, alpha=1.0 - kd_weight)
-        if weights is not None:
-            grad.mul_(weights[:, None])
+        if counted is not None:
+            grad.masked_fill_(~counted[:, None], 0.0)
         grad_out.copy_(grad)
     return kl_sum, ce_rows.sum()
 
@@ -125,7 +126,7 @@ class _FusedDistillation(torch.autograd.Function):
         student_logits: Tensor,  # (B, T, V*)
         teacher_logits: Tensor | None,  # (B, T, V**)
         targets: Tensor,  # (B, T-1), already safe to index (no -100)
-        weights: Tensor | None,  # (B, T-1) 1 = counted, None = all counted
+        counted: Tensor | None,  # (B, T-1) bool; None = every position counts
         num_positions: Tensor,  # () n, at least 1
         temperature: float,
         kd_weight: float,
@@ -151,7 +152,7 @@ class _FusedDistillation(torch.autograd.Function):
                         student_logits[b, rows, :vocab_size],
                         None if teacher_logits is None else teacher_logits[b, rows, :vocab_size],
                         targets[b, rows],
-                        None if weights is None else weights[b, rows],
+                        None if counted is None else counted[b, rows],
                         temperature,
                         kd_weight,
                         None if grad is None else grad[b, rows, :vocab_size],
@@ -203,17 +204,17 @@ def distillation_loss(
     targets, mask = shift_for_next_token(input_ids, attention_mask, labels)
     if attention_mask is None and labels is None:
         # Every position counts (packed data, the trainer's case): no mask to apply.
-        weights = None
+        counted = None
         num_positions = torch.tensor(targets.numel(), device=targets.device)
     else:
-        weights = mask.to(torch.float32)
+        counted = mask
         num_positions = mask.sum()
         targets = targets.masked_fill(~mask, 0)  # any valid index; its row weighs 0
     total, kd, ce = _FusedDistillation.apply(
         student_logits,
         None if teacher_logits is None else teacher_logits.detach(),
         targets,
-        weights,
+        counted,
         num_positions.clamp(min=1),
         float(temperature),
         float(kd_weight),

@@ -152,3 +152,22 @@ def test_bad_chunk_size_names_the_value():
         distillation_loss(
             torch.randn(1, 3, 4), None, torch.zeros(1, 3, dtype=torch.long), chunk_size=0
         )
+
+
+def test_non_finite_logits_at_padded_positions_do_not_leak():
+    """Padded positions are never read into the loss or its gradient, whatever they hold
+    (fully masked attention rows can produce NaN in some attention implementations)."""
+    torch.manual_seed(0)
+    s = torch.randn(1, 6, 8)
+    t = torch.randn(1, 6, 8)
+    ids = torch.randint(0, 8, (1, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])  # left padding
+    clean = distillation_loss(s, t, ids, mask).total
+    s_bad = s.clone()
+    s_bad[0, :2] = float("nan")
+    s_bad[0, 1, 3] = float("inf")
+    s_bad.requires_grad_()
+    out = distillation_loss(s_bad, t, ids, mask)
+    out.total.backward()
+    torch.testing.assert_close(out.total, clean)
+    assert torch.isfinite(s_bad.grad).all() and s_bad.grad[0, :2].abs().sum() == 0
