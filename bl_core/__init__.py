@@ -2,6 +2,7 @@
 the distillation loss, data, evaluation and the trainer (pure PyTorch + transformers +
 datasets; no orchestration or tracking imports — see DESIGN.md and STYLE.md)."""
 
+from bl_core.allocator import tune_cpu_allocator
 from bl_core.checkpoint import load_causal_lm
 from bl_core.compression import (
     ModulePlan,
@@ -27,7 +28,7 @@ from bl_core.controller import BudgetController, scheduled_fraction
 from bl_core.costs import compression_summary, train_compute_proxy
 from bl_core.errors import BLError, ConfigError, InputError
 from bl_core.losses import LossParts, distillation_loss
-from bl_core.modules import GatedLoRALinear, LowRankLinear
+from bl_core.modules import GatedLoRALinear, LoRADropout, LowRankLinear
 from bl_core.student import build_student, inject_gated_lora, mark_only_lora_trainable
 from bl_core.training import TrainingError, train
 
@@ -42,6 +43,7 @@ __all__ = [
     "InputError",
     "KDConfig",
     "LoRAConfig",
+    "LoRADropout",
     "LossParts",
     "LowRankLinear",
     "ModulePlan",
@@ -65,4 +67,5 @@ __all__ = [
     "scheduled_fraction",
     "train",
     "train_compute_proxy",
+    "tune_cpu_allocator",
 ]
