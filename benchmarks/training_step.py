@@ -48,7 +48,7 @@ from transformers import PretrainedConfig, get_cosine_schedule_with_warmup
 from bl_core.config import BudgetedLoRAConfig
 from bl_core.costs import analytic_mean_retention, dense_cost, lora_cost, train_compute_proxy
 from bl_core.speed import time_interleaved
-from bl_core.training import _Run
+from bl_core.training import _Run, make_adamw
 
 NAME = "training_step"
 FULL = bc.Defaults(tokens=1024, repeats=5, warmup=1)
@@ -210,8 +210,7 @@ def adapted_modules_step(
             inputs[m.in_features] = x.to(device).requires_grad_()
     grads = [torch.randn(1, tokens, m.out_features, generator=gen).to(device) for m in modules]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    fused = device.type in ("cpu", "cuda") or None
-    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, fused=fused)
+    optimizer = make_adamw(params, lr=1e-5, weight_decay=0.0, device=device)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -88,6 +88,16 @@ def prepare_student(student: nn.Module, method: Method, cfg: BudgetedLoRAConfig)
     return Prepared(student, gated, adapter)
 
 
+def make_adamw(
+    params: list[nn.Parameter], lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where PyTorch has one (CPU, CUDA): every tensor updated
+    in one pass, 3x faster than the default foreach path on CPU for kd_full's 100M
+    parameters."""
+    fused = device.type in ("cpu", "cuda") or None
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 def plan_steps(t: TrainConfig, seq_len: int, world_size: int) -> int:
     """Optimizer steps for ``t.total_tokens``; an error if that is less than one step."""
     tokens = t.total_tokens
@@ -135,12 +145,7 @@ class _Run:
         self.controller = self._controller() if method == "budgeted" else None
         params = [p for p in student.parameters() if p.requires_grad]
         self.params = params
-        # The fused kernel updates every tensor in one pass (3x faster than foreach on CPU
-        # for kd_full's 100M parameters; the usual choice on GPUs).
-        fused = self.acc.device.type in ("cpu", "cuda") or None
-        optimizer = torch.optim.AdamW(
-            params, lr=tc.learning_rate, weight_decay=tc.weight_decay, fused=fused
-        )
+        optimizer = make_adamw(params, tc.learning_rate, tc.weight_decay, self.acc.device)
         warmup = min(math.ceil(tc.warmup_fraction * self.total_steps), tc.warmup_max_steps)
         # The scheduler stays outside accelerate.prepare: a prepared one steps once per process.
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.total_steps)
