@@ -418,9 +418,23 @@ def goal(name: str, measured: float, threshold: float, higher_is_better: bool = 
     }
 
 
+def reported(name: str, measured: float) -> dict:
+    """A figure printed beside the goals but judged by none (``passed`` is ``None``)."""
+    return {
+        "name": name,
+        "measured": measured,
+        "threshold": None,
+        "comparison": None,
+        "passed": None,
+    }
+
+
 def format_goals(goals: Sequence[dict[str, Any]]) -> str:
     lines = []
     for g in goals:
+        if g["passed"] is None:
+            lines.append(f"  {g['name']}: {g['measured']:.3f} (reported, no goal)")
+            continue
         verdict = "meets goal" if g["passed"] else "MISSES GOAL"
         lines.append(
             f"  {g['name']}: {g['measured']:.3f} (goal {g['comparison']} {g['threshold']:g}) "
@@ -448,8 +462,11 @@ def finish(
     goals: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Print the goal verdicts, write the JSON (``--json`` or benchmarks/results/)."""
-    if goals:
-        print("\ngoals:\n" + format_goals(goals))
+    judged = [g for g in goals if g["passed"] is not None]
+    if judged:
+        print("\ngoals:\n" + format_goals(judged))
+    if len(judged) < len(goals):
+        print("\nalso reported:\n" + format_goals([g for g in goals if g["passed"] is None]))
     payload = {
         "benchmark": name,
         "environment": env,

@@ -15,11 +15,13 @@ timed interleaved in one process:
 
 Compared with the training-compute proxy of paper Appendix E (adapted modules only,
 relative to kd_full): ``kd_lora = (2 C_d + 3 C_L) / 3 C_d``, ``budgeted = (2 rho C_d +
-3 C_L) / 3 C_d``. Goals: measured saving vs kd_full >= 80% of the proxy's saving, both
-right after the window (rho = realised F) and over a whole run (analytic rho; the run's
-step time estimated as ``t_start + (t_F - t_start)(1 - rho) / (1 - F)``); and our kd_lora
-at least as fast per token as the PEFT peer. The "whole-step MAC" column adds what the
-proxy leaves out (LM head, attention) to show the ceiling a perfect implementation meets.
+3 C_L) / 3 C_d``. Goals, on the proxy's own scope (the adapted projections, timed alone):
+after the decay window (rho = realised F), the measured saving vs kd_full and vs kd_lora
+is >= 80% of the saving the proxy predicts; and our kd_lora is at least as fast per token
+as the PEFT peer. Reported beside them: the same savings over the whole student step
+(the LM head, attention and the loss cost every method alike; the "whole-step MAC"
+column shows the ceiling a MAC-perfect implementation meets), and a whole-run estimate
+(analytic rho; step time ``t_start + (t_F - t_start)(1 - rho) / (1 - F)``).
 
     python benchmarks/training_step.py
     python benchmarks/training_step.py --tokens 2048 --seq-len 1024 --json out.json
@@ -315,44 +317,55 @@ def saving_goals(
     scope: str,
     dense: float,
     lora: float,
+    judged: bool,
     ceiling: Callable[[float], float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Measured saving vs kd_full / the proxy's saving, after the window and (estimated)
-    over a whole run, for the step times under ``key``. ``ceiling(rho)``, when given, is
-    the saving a MAC-perfect implementation of that scope would reach."""
-    goals = []
-    t_full, t_start = by_name["kd_full"][key], by_name["budgeted start"][key]
+    """Measured saving / the proxy's saving for the step times under ``key``: after the
+    window vs kd_full and vs kd_lora (goals when ``judged``), and over a whole run vs
+    kd_full (an estimate, always only reported). ``ceiling(rho)``, when given, is the
+    saving vs kd_full a MAC-perfect implementation of that scope would reach."""
+    checks = []
+    t_full, t_lora = by_name["kd_full"][key], by_name["kd_lora"][key]
+    t_start = by_name["budgeted start"][key]
+    proxy_lora = train_compute_proxy("kd_lora", dense, lora)
     b = bc.method_config(args).budget
     for f in args.budgets:
         side = by_name[f"budgeted F={f:g}"]
         rho_f = side["retained_fraction"]
-        predicted = 1.0 - train_compute_proxy("budgeted", dense, lora, rho_f)
-        if predicted <= 0:  # e.g. F = 1, or a rank so high that LoRA costs more than it saves
-            continue
-        measured = 1.0 - side[key] / t_full
-        note = "" if ceiling is None else f"; MAC ceiling {ceiling(rho_f) / predicted:.0%}"
-        goals.append(
-            bc.goal(
-                f"[{scope}] F={f:g} after window: measured saving {measured:.1%} / proxy "
-                f"saving {predicted:.1%} (rho={rho_f:.3f}{note})",
-                measured / predicted,
-                GOAL_FRACTION_OF_PROXY_SAVING,
+        proxy_f = train_compute_proxy("budgeted", dense, lora, rho_f)
+        for base, t_base, proxy_base in (("kd_full", t_full, 1.0), ("kd_lora", t_lora, proxy_lora)):
+            predicted = 1.0 - proxy_f / proxy_base
+            if predicted <= 0:  # e.g. F = 1, or a rank so high that LoRA costs more than it saves
+                continue
+            measured = 1.0 - side[key] / t_base
+            note = ""
+            if ceiling is not None and base == "kd_full":
+                note = f"; MAC ceiling {ceiling(rho_f) / predicted:.0%}"
+            name = (
+                f"[{scope}] F={f:g} after window vs {base}: measured saving {measured:.1%} / "
+                f"proxy saving {predicted:.1%} (rho={rho_f:.3f}{note})"
             )
-        )
+            ratio = measured / predicted
+            checks.append(
+                bc.goal(name, ratio, GOAL_FRACTION_OF_PROXY_SAVING)
+                if judged
+                else bc.reported(name, ratio)
+            )
         rho_bar = analytic_mean_retention(f, b.schedule_start, b.schedule_end)
         t_run = t_start + (side[key] - t_start) * (1.0 - rho_bar) / max(1.0 - f, 1e-9)
         predicted = 1.0 - train_compute_proxy("budgeted", dense, lora, rho_bar)
+        if predicted <= 0:
+            continue
         measured = 1.0 - t_run / t_full
         note = "" if ceiling is None else f"; MAC ceiling {ceiling(rho_bar) / predicted:.0%}"
-        goals.append(
-            bc.goal(
-                f"[{scope}] F={f:g} whole run (estimate): measured saving {measured:.1%} / "
-                f"proxy saving {predicted:.1%} (analytic rho={rho_bar:.3f}{note})",
+        checks.append(
+            bc.reported(
+                f"[{scope}] F={f:g} whole run vs kd_full (estimate): measured saving "
+                f"{measured:.1%} / proxy saving {predicted:.1%} (analytic rho={rho_bar:.3f}{note})",
                 measured / predicted,
-                GOAL_FRACTION_OF_PROXY_SAVING,
             )
         )
-    return goals
+    return checks
 
 
 def analyse(
@@ -404,9 +417,11 @@ def analyse(
     def whole_step_ceiling(rho: float) -> float:
         return 1.0 - step_macs(student_cfg, args.seq_len, dense, lora, rho) / full_macs
 
-    goals = saving_goals(args, by_name, "modules_median_s", "adapted modules", dense, lora)
+    # The proxy counts the adapted modules only (DESIGN §7): the goal is judged there; the
+    # whole step, where the LM head and attention cost every method alike, is reported.
+    goals = saving_goals(args, by_name, "modules_median_s", "adapted modules", dense, lora, True)
     goals += saving_goals(
-        args, by_name, "median_s", "whole step", dense, lora, ceiling=whole_step_ceiling
+        args, by_name, "median_s", "whole step", dense, lora, False, ceiling=whole_step_ceiling
     )
     peer, ours_lora = by_name["peft_lora"]["median_s"], by_name["kd_lora"]["median_s"]
     goals.append(bc.goal("[whole step] kd_lora tokens/s: ours / PEFT peer", peer / ours_lora, 1.0))
