@@ -17,22 +17,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _zeroed_copy(x: Tensor, positions: Tensor) -> Tensor:
+    """A contiguous copy of ``x`` with the elements at flat ``positions`` set to 0."""
+    out = x.clone(memory_format=torch.contiguous_format)
+    out.view(-1).index_fill_(0, positions, 0.0)
+    return out
+
+
 class _ZeroAt(torch.autograd.Function):
     """``x`` with the elements at flat ``positions`` (of its contiguous layout) set to 0."""
 
     @staticmethod
     def forward(ctx, x: Tensor, positions: Tensor) -> Tensor:  # noqa: ANN001
-        out = x.clone(memory_format=torch.contiguous_format)
-        out.view(-1).index_fill_(0, positions, 0.0)
         ctx.save_for_backward(positions)
-        return out
+        return _zeroed_copy(x, positions)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
         (positions,) = ctx.saved_tensors
-        grad_x = grad.clone(memory_format=torch.contiguous_format)
-        grad_x.view(-1).index_fill_(0, positions, 0.0)
-        return grad_x, None
+        return _zeroed_copy(grad, positions), None
 
 
 class _MaskedDown(torch.autograd.Function):
@@ -47,11 +50,7 @@ class _MaskedDown(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, lora_a: Tensor, positions: Tensor | None) -> Tensor:  # noqa: ANN001
         d_in = x.shape[-1]
-        if positions is None:
-            kept = x.reshape(-1, d_in)
-        else:
-            kept = x.clone(memory_format=torch.contiguous_format).view(-1, d_in)
-            kept.view(-1).index_fill_(0, positions, 0.0)
+        kept = (x if positions is None else _zeroed_copy(x, positions)).reshape(-1, d_in)
         ctx.save_for_backward(kept, lora_a, positions)
         ctx.x_shape = x.shape
         return torch.mm(kept, lora_a.t()).view(*x.shape[:-1], lora_a.shape[0])
