@@ -95,6 +95,8 @@ class LoRADropout(nn.Module):
 
     def drop_positions(self, n: int) -> Tensor:
         """Sorted flat indices in ``[0, n)`` of the elements to drop (CPU, int64)."""
+        if self.p == 0.0:
+            return torch.empty(0, dtype=torch.int64)
         log_keep = math.log1p(-self.p)
         mean = n * self.p
         k = math.ceil(mean + self._MARGIN_SD * math.sqrt(mean * (1.0 - self.p))) + 16

@@ -137,6 +137,8 @@ def test_lora_dropout_positions_are_exact_even_when_the_first_draw_falls_short()
     assert pos.min().item() >= 0 and pos.max().item() < n
     assert pos.max().item() > n - 100  # the whole range is covered, not just the first draw
     assert abs(pos.numel() / n - 0.2) < 4 * (0.2 * 0.8 / n) ** 0.5
+    assert LoRADropout(0.0).drop_positions(n).numel() == 0
+    assert drop.drop_positions(0).numel() == 0
 
 
 def test_lora_dropout_is_seeded_and_its_gradient_is_the_mask():
