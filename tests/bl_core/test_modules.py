@@ -83,6 +83,27 @@ def test_low_rank_linear_matches_its_dense_weight():
     torch.testing.assert_close(m(x), x @ m.dense_weight().T + m.up.bias)
 
 
+def _assert_value_and_gradients_match_formula(
+    m: GatedLoRALinear, x: torch.Tensor, y: torch.Tensor, retention: float, keep: torch.Tensor
+) -> None:
+    """``y = m(x)`` and its gradients equal autograd through the formula
+    ``retention (W0 x + b) + 2 B diag(g) A (x * keep)`` (scale = 8 / 4)."""
+    g = torch.sigmoid(m.gate_logits) if m.gate_logits is not None else torch.ones(4)
+    a, b = m.lora_A.detach().clone().requires_grad_(), m.lora_B.detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    expected = (
+        retention * (x_ref @ m.base.weight.T + m.base.bias)
+        + 2.0 * ((x_ref * keep) @ a.T * g.detach()) @ b.T
+    )
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    expected.backward(gy)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.lora_A.grad, a.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.lora_B.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(("use_gates", "retention"), [(False, 1.0), (True, 1.0), (True, 0.0)])
 def test_forward_and_gradients_match_the_formula(use_gates, retention):
     """The fused forward (addmm with retention and scale as coefficients) has the
@@ -92,20 +113,7 @@ def test_forward_and_gradients_match_the_formula(use_gates, retention):
         m.lora_B.normal_()
     m.set_retention(retention)
     x = torch.randn(3, 5, 12, requires_grad=True)
-    y = m(x)
-    g = torch.sigmoid(m.gate_logits) if use_gates else torch.ones(4)
-    a, b = m.lora_A.detach().clone().requires_grad_(), m.lora_B.detach().clone().requires_grad_()
-    x_ref = x.detach().clone().requires_grad_()
-    expected = (
-        retention * (x_ref @ m.base.weight.T + m.base.bias) + 2.0 * (x_ref @ a.T * g.detach()) @ b.T
-    )
-    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
-    gy = torch.randn_like(y)
-    y.backward(gy)
-    expected.backward(gy)
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(m.lora_A.grad, a.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(m.lora_B.grad, b.grad, rtol=1e-5, atol=1e-5)
+    _assert_value_and_gradients_match_formula(m, x, m(x), retention, keep=torch.ones_like(x))
 
 
 def test_lora_dropout_drops_each_element_with_probability_p_and_keeps_the_mean():
@@ -173,20 +181,7 @@ def test_dropout_inside_the_module_matches_the_formula(use_gates, retention):
     keep[m.dropout.drop_positions(x.numel())] = 0.0
     keep = keep.view(x.shape) / 0.75
     assert 0 < (keep == 0).sum() < x.numel()
-    g = torch.sigmoid(m.gate_logits) if use_gates else torch.ones(4)
-    a, b = m.lora_A.detach().clone().requires_grad_(), m.lora_B.detach().clone().requires_grad_()
-    x_ref = x.detach().clone().requires_grad_()
-    expected = (
-        retention * (x_ref @ m.base.weight.T + m.base.bias)
-        + 2.0 * ((x_ref * keep) @ a.T * g.detach()) @ b.T
-    )
-    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
-    gy = torch.randn_like(y)
-    y.backward(gy)
-    expected.backward(gy)
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(m.lora_A.grad, a.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(m.lora_B.grad, b.grad, rtol=1e-5, atol=1e-5)
+    _assert_value_and_gradients_match_formula(m, x, y, retention, keep)
     assert m.lora_A.grad.is_contiguous()  # stored in the parameter's layout
 
 
