@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import save_model
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
@@ -32,7 +31,7 @@ from bl_core.costs import compression_summary
 from bl_core.errors import InputError
 from bl_core.io import atomic_directory, atomic_write_json
 from bl_core.modules import GatedLoRALinear, LowRankLinear
-from bl_core.weights import assign_weights, empty_model
+from bl_core.weights import assign_weights, empty_model, save_weights
 
 MANIFEST_NAME = "bl_manifest.json"
 MANIFEST_FORMAT = "budgeted-lora-compressed"
@@ -42,7 +41,11 @@ Form = Literal["keep", "svd", "drop"]
 
 @dataclass(frozen=True)
 class ModulePlan:
-    """What compression does to one module; ``rank`` is the deployed rank (0 for keep)."""
+    """What compression does to one module; ``rank`` is the deployed rank (0 for keep).
+
+    ``bias``: the *deployed* module carries a bias. The bias follows the dense path
+    (DESIGN §3): scaled by ``alpha`` in keep and svd, gone with it in drop.
+    """
 
     name: str
     d_in: int
@@ -102,7 +105,7 @@ def plan_module(
         form=form,
         lora_rank=int(kept_ranks(gates, cfg.tau_rank).numel()),
         svd_rank=k,
-        bias=module.base.bias is not None,
+        bias=module.base.bias is not None and form != "drop",
     )
 
 
@@ -128,30 +131,27 @@ def compress_module(module: GatedLoRALinear, plan: ModulePlan, cfg: CompressionC
     a = a_full.detach()[kept].float()  # (r', d_in)
     b = b_full.detach()[:, kept].float()  # (d_out, r')
     w0 = module.base.weight.detach().float()  # (d_out, d_in)
-    bias = module.base.bias
+    bias = module.base.bias if plan.bias else None  # follows the dense path (DESIGN §3)
     if plan.form == "keep":
-        out = nn.Linear(plan.d_in, plan.d_out, bias=bias is not None, device=device, dtype=dtype)
+        out = nn.Linear(plan.d_in, plan.d_out, bias=plan.bias, device=device, dtype=dtype)
         out.weight.copy_(plan.alpha * w0 + b @ a)
-        if bias is not None:
-            out.bias.copy_(plan.alpha * bias.float())
-        return out
-    if plan.form == "drop":
-        out = LowRankLinear(
-            plan.d_in, plan.d_out, plan.rank, bias=False, device=device, dtype=dtype
-        )
+    elif plan.form == "drop":
+        out = LowRankLinear(plan.d_in, plan.d_out, plan.rank, device=device, dtype=dtype)
         out.down.weight.copy_(a)
         out.up.weight.copy_(b)
-        return out
-    u, s, vh = torch.linalg.svd(plan.alpha * w0, full_matrices=False)
-    root = s[: plan.svd_rank].sqrt()
-    down = torch.cat([root[:, None] * vh[: plan.svd_rank], a], dim=0)  # (k + r', d_in)
-    up = torch.cat([u[:, : plan.svd_rank] * root[None, :], b], dim=1)  # (d_out, k + r')
-    out = LowRankLinear(plan.d_in, plan.d_out, plan.rank, bias=bias is not None, device=device)
-    out = out.to(dtype)
-    out.down.weight.copy_(down)
-    out.up.weight.copy_(up)
+    else:
+        u, s, vh = torch.linalg.svd(plan.alpha * w0, full_matrices=False)
+        root = s[: plan.svd_rank].sqrt()
+        down = torch.cat([root[:, None] * vh[: plan.svd_rank], a], dim=0)  # (k + r', d_in)
+        up = torch.cat([u[:, : plan.svd_rank] * root[None, :], b], dim=1)  # (d_out, k + r')
+        out = LowRankLinear(
+            plan.d_in, plan.d_out, plan.rank, bias=plan.bias, device=device, dtype=dtype
+        )
+        out.down.weight.copy_(down)
+        out.up.weight.copy_(up)
     if bias is not None:
-        out.up.bias.copy_(plan.alpha * bias.float())
+        deployed_bias = out.bias if plan.form == "keep" else out.up.bias
+        deployed_bias.copy_(plan.alpha * bias.float())
     return out
 
 
@@ -187,7 +187,7 @@ def save_compressed(
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        save_model(model, str(tmp / WEIGHTS_NAME))  # dedups tied embeddings
+        save_weights(model, tmp / WEIGHTS_NAME)  # tied embeddings once
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": 1,

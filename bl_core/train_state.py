@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_model
 from torch import nn
 from transformers import PreTrainedModel
 
 from bl_core.errors import InputError
 from bl_core.io import atomic_directory, atomic_write_json
 from bl_core.student import gated_modules, inject_gated_lora
-from bl_core.weights import assign_weights, empty_model
+from bl_core.weights import assign_weights, empty_model, read_weights, retie, save_weights
 
 STUDENT_META = "bl_student.json"
 WEIGHTS = "model.safetensors"
@@ -57,7 +56,7 @@ def save_checkpoint(
     """Write one complete checkpoint atomically and prune older ones."""
     target = checkpoint_dir(run_dir, step)
     with atomic_directory(target, overwrite=True) as tmp:
-        save_model(model, str(tmp / WEIGHTS))
+        save_weights(model, tmp / WEIGHTS)
         torch.save(training_state, tmp / "training_state.pt")
         for rank, rng in enumerate(rng_states):
             torch.save(rng, tmp / f"rng-rank{rank}.pt")
@@ -70,15 +69,18 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path, model: nn.Module, rank: int = 0) -> tuple[dict, dict, dict]:
     """Load weights into ``model``; return (training_state, rng_state, json_state)."""
+    state = read_weights(path / WEIGHTS)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # A tied parameter is saved under one of its names; the model holds it under both.
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    covered = {name for pair in tied.items() if set(pair) & set(state) for name in pair}
+    if set(missing) - covered or unexpected:
+        raise InputError(
+            f"checkpoint {str(path)!r} does not match the model: missing "
+            f"{sorted(set(missing) - covered)[:3]}, unexpected {unexpected[:3]}"
+        )
+    retie(model, set(state))
     try:
-        state = load_file(str(path / WEIGHTS))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        tied = {k for k in missing if k.endswith("lm_head.weight")}
-        if set(missing) - tied or unexpected:
-            raise InputError(
-                f"checkpoint {str(path)!r} does not match the model: missing "
-                f"{sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}"
-            )
         training_state = torch.load(path / "training_state.pt", weights_only=True)
         rng_file = path / f"rng-rank{rank}.pt"
         rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else {}
@@ -109,7 +111,7 @@ def save_trained_student(
     gated or LoRA students, ``None`` for plain ones."""
     with atomic_directory(out_dir, overwrite=True) as tmp:
         model.config.save_pretrained(tmp)
-        save_model(model, str(tmp / WEIGHTS))
+        save_weights(model, tmp / WEIGHTS)
         if adapter is not None:
             retentions = {name: m.retention_value for name, m in gated_modules(model)}
             atomic_write_json(tmp / STUDENT_META, {**adapter, "retentions": retentions})

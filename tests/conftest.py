@@ -48,6 +48,63 @@ def make_mistral(seed: int = 0, **kwargs) -> torch.nn.Module:
     return model.eval()
 
 
+# The real-ladder architecture matrix (README "Architectures"): each kind of checkpoint users
+# bring, as a tiny random config. Qwen2's q/k/v carry biases by construction.
+ARCHITECTURES: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {"tie_word_embeddings": False}),
+    "llama-tied": ("llama", {"tie_word_embeddings": True}),
+    "llama-biased": (
+        "llama",
+        {"tie_word_embeddings": False, "attention_bias": True, "mlp_bias": True},
+    ),
+    "mistral": ("mistral", {"tie_word_embeddings": False, "sliding_window": None}),
+    "qwen2": ("qwen2", {"tie_word_embeddings": False}),
+    "qwen2-tied": ("qwen2", {"tie_word_embeddings": True}),
+}
+
+
+def make_arch_config(
+    name: str,
+    num_layers: int = 4,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    vocab_size: int = 300,
+):
+    """A tiny config of one :data:`ARCHITECTURES` entry (GQA 4/2 heads)."""
+    from transformers import AutoConfig
+
+    model_type, extra = ARCHITECTURES[name]
+    return AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=0,
+        bos_token_id=0,
+        pad_token_id=1,
+        **extra,
+    )
+
+
+def make_checkpoint(name: str, path, seed: int = 0, **config_kwargs):
+    """Save a random model of architecture ``name`` and the test tokenizer to ``path``
+    with ``save_pretrained``, as a user's teacher directory would be. Returns ``path``."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model = AutoModelForCausalLM.from_config(make_arch_config(name, **config_kwargs))
+        for bias in (p for n, p in model.named_parameters() if n.endswith(".bias")):
+            bias.normal_(0.0, 0.5)  # zero-initialised biases would hide a lost bias
+    model.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny_mistral() -> torch.nn.Module:
     """A 4-layer, d=32 random Mistral-style causal LM (GQA 4/2 heads, SwiGLU, RoPE)."""
