@@ -110,11 +110,38 @@ class CompressionConfig(_Section):
 
 
 class KDConfig(_Section):
-    """Distillation objective (DESIGN §6): L = kd_weight * T^2 KL + (1 - kd_weight) CE."""
+    """Distillation objective (DESIGN §6): L = kd_weight * T^2 KL + (1 - kd_weight) CE.
+
+    ``teacher_outputs`` (DESIGN §6a): ``online`` runs the teacher in every cell's every
+    step; ``shared`` computes them once per teacher for all of its cells — exactly, by
+    training the cells in lockstep on one teacher forward per batch (``teacher_top_k``
+    unset), or approximately from a store of the teacher's top-k logits per position
+    (``teacher_top_k = k``; the KD term is then the KL over the k tokens and one tail).
+    """
 
     temperature: float = Field(3.0, gt=0)
     kd_weight: float = Field(0.8, ge=0, le=1)
     chunk_size: int = Field(4096, ge=1)
+    teacher_outputs: Literal["online", "shared"] = "shared"
+    teacher_top_k: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _top_k_needs_shared(self) -> KDConfig:
+        if self.teacher_top_k is not None and self.teacher_outputs != "shared":
+            raise ValueError(
+                f"teacher_top_k={self.teacher_top_k} needs teacher_outputs='shared' (a store "
+                f"of top-k outputs); got teacher_outputs={self.teacher_outputs!r}"
+            )
+        return self
+
+    @property
+    def teacher_outputs_form(self) -> str:
+        """How the cells get the teacher's outputs, as recorded with every result."""
+        if self.teacher_outputs == "online":
+            return "online"
+        if self.teacher_top_k is None:
+            return "shared (exact, lockstep cohort)"
+        return f"shared (sparse top-{self.teacher_top_k} store)"
 
 
 class CorpusConfig(_Section):

@@ -406,12 +406,14 @@ def train(
     train_cfg: TrainConfig | None = None,
     logger: MetricsLogger | None = None,
     on_step: Callable[[int], None] | None = None,
+    outputs: TeacherOutputs | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` by ``method``; resume from ``run_dir`` if it has a checkpoint.
 
     A run whose ``summary.json`` exists is finished and is returned, not redone.
     ``train_cfg`` defaults to ``cfg.train`` (use ``cfg.pretrain`` for teachers).
-    ``on_step(step)`` is called after every optimizer step.
+    ``on_step(step)`` is called after every optimizer step. ``outputs`` replaces the
+    teacher's forward by another source of its outputs (e.g. a top-k store).
     Writes ``final/`` (the trained student), ``metrics.jsonl``, ``summary.json`` and, for
     ``budgeted``, ``trajectory.json``.
     """
@@ -429,6 +431,7 @@ def train(
         vocab_size=vocab_size,
         train_cfg=train_cfg,
         logger=logger,
+        outputs=outputs,
     )
     return run.run(on_step)
 

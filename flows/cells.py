@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.futures import PrefectFuture, wait
 
 from bl_core.config import BudgetedLoRAConfig, config_from_dict
@@ -17,12 +18,13 @@ from tasks import tracking
 from tasks.common import cell_label, configure_stage
 from tasks.compress import compress_task
 from tasks.corpus import split_corpus_task
-from tasks.distill import distill_task, training_sections
+from tasks.distill import cohort_task, distill_task, training_sections
 from tasks.icl import icl_task
 from tasks.packing import pack_task, tokenizer_task
 from tasks.perplexity import perplexity_task
 from tasks.speed import speed_task
 from tasks.students import student_task
+from tasks.teacher_outputs import teacher_outputs_task
 from tasks.teachers import teacher_task
 
 # Stages that train or evaluate get retries (a transient OOM, a preempted GPU, ...).
@@ -165,18 +167,111 @@ def _collect(stages: dict[str, PrefectFuture | None]) -> tuple[dict[str, Any], l
     return results, errors
 
 
-def run_cell(ctx: GridContext, spec: dict[str, Any], teacher: dict[str, Any] | None) -> dict:
-    """distill -> compress -> perplexity / ICL / speed for one cell, tracked in one run."""
-    c, out, label = ctx.config, ctx.output_dir, spec["label"]
+def open_cell_run(ctx: GridContext, spec: dict[str, Any]) -> str:
+    """The cell's MLflow run (a child of the grid's), with its training config as params."""
     kind = "scratch" if spec["method"] == "pretrain" else "cell"
-    sections = training_sections(spec["method"], c)
-    run_id = tracking.open_run(
+    return tracking.open_run(
         ctx.experiment,
-        label,
+        spec["label"],
         ctx.tags(kind=kind, **spec),
-        sections | {"cell": spec},
+        training_sections(spec["method"], ctx.config) | {"cell": spec},
         ctx.parent_run_id,
     )
+
+
+def _training_runs(cells: list[tuple[GridContext, dict[str, Any]]]) -> list[dict[str, int]]:
+    """What a top-k store must cover: each cell's seed and optimizer steps."""
+    reads = []
+    for cell_ctx, spec in cells:
+        t = cell_ctx.cfg.train
+        per_step = t.micro_batch_size * cell_ctx.train_data["seq_len"] * t.grad_accum_steps
+        steps = max(1, t.total_tokens // (per_step * t.num_processes))
+        reads.append(
+            {
+                "seed": spec["seed"],
+                "steps": steps,
+                "micro_batch_size": t.micro_batch_size,
+                "grad_accum_steps": t.grad_accum_steps,
+                "world_size": t.num_processes,
+            }
+        )
+    return [dict(r) for r in {tuple(sorted(r.items())): r for r in reads}.values()]
+
+
+def share_teacher_outputs(
+    cells: list[tuple[GridContext, dict[str, Any]]], teacher: dict[str, Any], run_ids: dict
+) -> dict[str, dict[str, Any]]:
+    """DESIGN §6a for the distillation cells of one teacher (``kd.teacher_outputs``).
+
+    ``shared`` cells train in one lockstep cohort on one teacher forward per batch (each
+    cell's distill task then finds its finished run); with ``kd.teacher_top_k`` a top-k
+    store is written once per (k, T) instead. Returns label -> store reference for the
+    cells that read a store."""
+    shared = [
+        (cell_ctx, spec)
+        for cell_ctx, spec in cells
+        if spec["method"] != "pretrain" and cell_ctx.cfg.kd.teacher_outputs == "shared"
+    ]
+    exact = [(c, s) for c, s in shared if c.cfg.kd.teacher_top_k is None]
+    stores: dict[str, dict[str, Any]] = {}
+    groups: dict[tuple[int, float], list[tuple[GridContext, dict[str, Any]]]] = {}
+    for cell_ctx, spec in shared:
+        kd = cell_ctx.cfg.kd
+        if kd.teacher_top_k is not None:
+            groups.setdefault((kd.teacher_top_k, kd.temperature), []).append((cell_ctx, spec))
+    for group in groups.values():
+        ctx = group[0][0]
+        store_task = configure_stage(
+            teacher_outputs_task, ctx.output_dir, "teacher-outputs" in ctx.force
+        )
+        t = ctx.cfg.train
+        store = store_task(
+            ctx.output_dir,
+            teacher,
+            ctx.train_data,
+            ctx.tokenizer,
+            ctx.config["kd"],
+            _training_runs(group),
+            batch_size=t.micro_batch_size,
+            mixed_precision=t.mixed_precision,
+        )
+        stores |= {spec["label"]: store for _, spec in group}
+    if exact:
+        _run_cohort(exact, teacher, run_ids)
+    return stores
+
+
+def _run_cohort(
+    cells: list[tuple[GridContext, dict[str, Any]]], teacher: dict[str, Any], run_ids: dict
+) -> None:
+    ctx = cells[0][0]
+    members = [
+        {
+            **spec,
+            "sections": training_sections(spec["method"], cell_ctx.config),
+            "student": cell_ctx.student_ref,
+            "mlflow_run_id": run_ids.get(spec["label"]),
+        }
+        for cell_ctx, spec in cells
+    ]
+    try:  # not cached by Prefect: it skips finished cells by their artifacts
+        cohort_task(ctx.output_dir, teacher, members, ctx.train_data, ctx.tokenizer)
+    except Exception as err:  # noqa: BLE001 - the cells then train on their own
+        get_run_logger().warning("distill-cohort of %s failed (%r)", teacher["name"], err)
+
+
+def run_cell(
+    ctx: GridContext,
+    spec: dict[str, Any],
+    teacher: dict[str, Any] | None,
+    run_id: str | None = None,
+    teacher_store: dict[str, Any] | None = None,
+) -> dict:
+    """distill -> compress -> perplexity / ICL / speed for one cell, tracked in one run
+    (``run_id``: opened by :func:`open_cell_run` beforehand, else here)."""
+    c, out, label = ctx.config, ctx.output_dir, spec["label"]
+    sections = training_sections(spec["method"], c)
+    run_id = run_id or open_cell_run(ctx, spec)
     cell = {**spec, "status": "failed", "mlflow_run_id": run_id}
     try:
         trained = ctx.task(distill_task).submit(
@@ -191,6 +286,7 @@ def run_cell(ctx: GridContext, spec: dict[str, Any], teacher: dict[str, Any] | N
             ctx.train_data,
             ctx.tokenizer,
             mlflow_run_id=run_id,
+            teacher_store=teacher_store,
         )
         compressed = None
         if spec["method"] in ("kd_lora", "budgeted"):

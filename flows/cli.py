@@ -18,6 +18,7 @@ STAGES = (
     "pack-tokens",
     "prepare-teacher",
     "build-student",
+    "teacher-outputs",
     "distill",
     "compress",
     "evaluate-perplexity",

@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import BudgetedLoRAConfig, apply_overrides
 from bl_core.preset_files import resolve_config
-from flows.cells import GridContext, run_cell, run_reference
+from flows.cells import GridContext, open_cell_run, run_cell, run_reference, share_teacher_outputs
 from tasks import tracking
 from tasks.aggregate import aggregate_task
 from tasks.common import cell_label
@@ -76,7 +76,13 @@ def teacher_branch(grid: dict[str, Any], teacher_name: str) -> list[dict[str, An
     """Every method x budget x seed cell distilled from one teacher."""
     ctx = GridContext(**grid)
     teacher = ctx.teacher_refs[teacher_name]
-    return [run_cell(ctx, spec, teacher) for spec in cell_specs(ctx, teacher_name)]
+    specs = cell_specs(ctx, teacher_name)
+    run_ids = {spec["label"]: open_cell_run(ctx, spec) for spec in specs}
+    stores = share_teacher_outputs([(ctx, spec) for spec in specs], teacher, run_ids)
+    return [
+        run_cell(ctx, spec, teacher, run_ids[spec["label"]], stores.get(spec["label"]))
+        for spec in specs
+    ]
 
 
 @flow(name="full-grid", task_runner=_RUNNER, log_prints=True)
