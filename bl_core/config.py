@@ -231,6 +231,18 @@ class TrainConfig(_Section):
     num_processes: int = Field(1, ge=1)
 
 
+class PretrainConfig(TrainConfig):
+    """Teacher pretraining (embedded ladders): a :class:`TrainConfig` plus the copy-snippet
+    curriculum of DESIGN §1a (``bl_core.curriculum``). ``curriculum_span``: the span length
+    ``L``; ``curriculum_mix``: the initial share ``m0`` of snippet tokens, annealed
+    linearly to 0 over pretraining. Defaults as published for the Bi-Induct teachers."""
+
+    learning_rate: float = Field(1e-3, gt=0)
+    curriculum: Literal["natural", "induction", "anti", "balanced"] = "natural"
+    curriculum_span: int = Field(20, ge=1)
+    curriculum_mix: float = Field(0.5, ge=0, le=1)
+
+
 class ModelArchConfig(_Section):
     """A Mistral-style architecture (pre-norm, RoPE, SwiGLU, GQA) to pretrain from scratch."""
 
@@ -328,7 +340,7 @@ class BudgetedLoRAConfig(_Section):
     perplexity: PerplexityConfig = PerplexityConfig()
     icl: ICLConfig = ICLConfig()
     train: TrainConfig = TrainConfig()
-    pretrain: TrainConfig = TrainConfig(learning_rate=1e-3)
+    pretrain: PretrainConfig = PretrainConfig()
     teachers: tuple[TeacherConfig, ...] = ()
     grid: GridConfig = GridConfig()
     speed: SpeedConfig = SpeedConfig()

@@ -15,7 +15,7 @@ from bl_core.data import DataArtifacts
 from bl_core.errors import ConfigError, InputError
 from bl_core.packing import PackedDataset
 from bl_core.student import build_student, load_model_config, load_pretrained
-from bl_core.tokenizer import check_shared_vocabulary, load_tokenizer
+from bl_core.tokenizer import check_shared_vocabulary, load_tokenizer, separator_id
 from bl_core.tracking import MetricsLogger
 from bl_core.training import read_summary, train
 
@@ -82,6 +82,7 @@ def prepare_teacher(
             vocab_size=len(tokenizer),
             train_cfg=tc,
             logger=logger,
+            separator_id=separator_id(tokenizer) if tc.curriculum != "natural" else None,
         )
     final = run_dir / "final"
     if not (final / "tokenizer_config.json").is_file():

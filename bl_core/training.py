@@ -33,6 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 from bl_core.config import BudgetedLoRAConfig, Method, TrainConfig
 from bl_core.controller import BudgetController
 from bl_core.costs import dense_cost, lora_cost, train_compute_proxy
+from bl_core.curriculum import apply_curriculum, mix_ratio
 from bl_core.errors import BLError, InputError
 from bl_core.io import atomic_write_json
 from bl_core.losses import distillation_loss
@@ -143,7 +144,18 @@ class _Run:
     """State of one training run; :func:`train` is the public entry point."""
 
     def __init__(
-        self, student, teacher, method, data, cfg, run_dir, vocab_size, tc, logger, outputs=None
+        self,
+        student,
+        teacher,
+        method,
+        data,
+        cfg,
+        run_dir,
+        vocab_size,
+        tc,
+        logger,
+        outputs=None,
+        separator_id: int | None = None,
     ):
         self.method, self.data, self.cfg, self.tc = method, data, cfg, tc
         self.run_dir, self.vocab_size = run_dir, vocab_size
@@ -166,6 +178,11 @@ class _Run:
         self.outputs = outputs if outputs is not None else self._teacher(teacher)
         self.step, self.tokens, self.elapsed, self.teacher_s = 0, 0, 0.0, 0.0
         self._window = (0.0, 0, 0.0)  # (seconds, tokens, teacher seconds) since the last log
+        # Teacher pretraining's copy-snippet curriculum (DESIGN §1a), where configured.
+        variant = getattr(tc, "curriculum", "natural")
+        if variant != "natural" and separator_id is None:
+            raise InputError(f"pretrain.curriculum={variant!r} needs the separator token's id")
+        self.separator_id = separator_id if variant != "natural" else None
 
     def _controller(self) -> BudgetController:
         b = self.cfg.budget
@@ -237,7 +254,14 @@ class _Run:
             self.acc.process_index,
             self.acc.num_processes,
         )
-        return idx, torch.stack([self.data[i]["input_ids"] for i in idx]).to(self.acc.device)
+        ids = torch.stack([self.data[i]["input_ids"] for i in idx])
+        if self.separator_id is not None:
+            mix = mix_ratio(self.step / self.total_steps, t.curriculum_mix)
+            seed = (t.seed, self.step, micro, self.acc.process_index)
+            ids = apply_curriculum(
+                ids, t.curriculum, t.curriculum_span, mix, self.separator_id, seed
+            )
+        return idx, ids.to(self.acc.device)
 
     def train_step(self) -> dict[str, float]:
         stats = self.controller.step() if self.controller is not None else {}
@@ -407,6 +431,7 @@ def train(
     logger: MetricsLogger | None = None,
     on_step: Callable[[int], None] | None = None,
     outputs: TeacherOutputs | None = None,
+    separator_id: int | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` by ``method``; resume from ``run_dir`` if it has a checkpoint.
 
@@ -414,6 +439,8 @@ def train(
     ``train_cfg`` defaults to ``cfg.train`` (use ``cfg.pretrain`` for teachers).
     ``on_step(step)`` is called after every optimizer step. ``outputs`` replaces the
     teacher's forward by another source of its outputs (e.g. a top-k store).
+    ``separator_id``: the tokenizer's snippet separator, for a ``train_cfg`` with a
+    pretraining curriculum (:class:`~bl_core.config.PretrainConfig`).
     Writes ``final/`` (the trained student), ``metrics.jsonl``, ``summary.json`` and, for
     ``budgeted``, ``trajectory.json``.
     """
@@ -432,6 +459,7 @@ def train(
         train_cfg=train_cfg,
         logger=logger,
         outputs=outputs,
+        separator_id=separator_id,
     )
     return run.run(on_step)
 
@@ -448,6 +476,7 @@ def start_run(
     train_cfg: TrainConfig | None = None,
     logger: MetricsLogger | None = None,
     outputs: TeacherOutputs | None = None,
+    separator_id: int | None = None,
 ) -> _Run:
     """A run made ready to step (resumed from its last checkpoint, if any); ``outputs``
     replaces the teacher's own forward (a cohort's shared teacher, a top-k store)."""
@@ -455,7 +484,9 @@ def start_run(
     jsonl = JsonlLogger(run_dir / "metrics.jsonl")  # always kept: tracking may be replayed
     logger = jsonl if logger is None else FanoutLogger(jsonl, logger)
     tc = train_cfg or cfg.train
-    run = _Run(student, teacher, method, data, cfg, run_dir, vocab_size, tc, logger, outputs)
+    run = _Run(
+        student, teacher, method, data, cfg, run_dir, vocab_size, tc, logger, outputs, separator_id
+    )
     run.resume()
     if run.acc.is_main_process:
         run.logger.log_params({"method": method, "total_steps": run.total_steps})
