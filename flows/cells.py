@@ -266,9 +266,11 @@ def run_cell(
     teacher: dict[str, Any] | None,
     run_id: str | None = None,
     teacher_store: dict[str, Any] | None = None,
+    evaluations: tuple[str, ...] = ("perplexity", "icl", "speed"),
 ) -> dict:
     """distill -> compress -> perplexity / ICL / speed for one cell, tracked in one run
-    (``run_id``: opened by :func:`open_cell_run` beforehand, else here)."""
+    (``run_id``: opened by :func:`open_cell_run` beforehand, else here; ``evaluations``:
+    which of the three to run)."""
     c, out, label = ctx.config, ctx.output_dir, spec["label"]
     sections = training_sections(spec["method"], c)
     run_id = run_id or open_cell_run(ctx, spec)
@@ -305,10 +307,14 @@ def run_cell(
             "compress": compressed,
             "perplexity": ctx.task(perplexity_task).submit(
                 out, label, model, ctx.val_data, c["perplexity"]
-            ),
-            "icl": ctx.task(icl_task).submit(out, label, model, ctx.tokenizer, c["icl"]),
+            )
+            if "perplexity" in evaluations
+            else None,
+            "icl": ctx.task(icl_task).submit(out, label, model, ctx.tokenizer, c["icl"])
+            if "icl" in evaluations
+            else None,
             "speed": None
-            if compressed is None
+            if compressed is None or "speed" not in evaluations
             else ctx.task(speed_task).submit(
                 out, label, compressed, ctx.student_ref, c["speed"], c["packing"]["seq_len"]
             ),
