@@ -278,7 +278,7 @@ def table9(cells: Sequence[Cell], teacher_order: TeacherOrder = None) -> ICLTabl
     baseline = _icl_baselines(cells)
     if baseline:  # the same queries for every model: one column, the first cell that has it
         means[BASELINE] = baseline
-        stds[BASELINE] = dict.fromkeys(baseline, math.nan)
+        stds[BASELINE] = dict.fromkeys(baseline, 0.0)  # the same for every seed
     index = pd.Index([*tasks, COMPOSITE], name="Task")
     mean = pd.DataFrame(means, index=index, columns=list(means), dtype=float)
     std = pd.DataFrame(stds, index=index, columns=list(stds), dtype=float)
