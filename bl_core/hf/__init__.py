@@ -15,7 +15,6 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from bl_core.hf import modeling_budgeted_lora as modeling
 
 MODELING_FILE = Path(modeling.__file__)
-MODELING_MODULE = MODELING_FILE.stem  # the module name auto_map entries start with
 
 
 def register_auto_classes() -> None:
@@ -28,14 +27,8 @@ def register_auto_classes() -> None:
 
 
 def auto_map(base_model_type: str) -> dict[str, str]:
-    """The ``auto_map`` of an export of a ``base_model_type`` student (AutoConfig first:
-    vLLM loads the entries in order)."""
-    config_cls, base_cls, causal_cls = modeling.ARCHITECTURES[base_model_type]
-    return {
-        "AutoConfig": f"{MODELING_MODULE}.{config_cls.__name__}",
-        "AutoModel": f"{MODELING_MODULE}.{base_cls.__name__}",
-        "AutoModelForCausalLM": f"{MODELING_MODULE}.{causal_cls.__name__}",
-    }
+    """The ``auto_map`` of an export of a ``base_model_type`` student."""
+    return modeling.auto_map(modeling.ARCHITECTURES[base_model_type][0])
 
 
 register_auto_classes()

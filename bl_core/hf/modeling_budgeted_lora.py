@@ -128,15 +128,33 @@ def apply_compressed_modules(model: nn.Module, config: Any, prefix: str = "") ->
         setattr(model.get_submodule(parent_name), child, low_rank)
 
 
+def auto_map(config_cls: type) -> dict[str, str]:
+    """The ``auto_map`` naming this file's classes for ``config_cls``'s architecture, in the
+    order vLLM loads them (config first). ``AutoModel`` is the one vLLM builds."""
+    module = __name__.rsplit(".", 1)[-1]  # the file name, wherever it was imported from
+    for config, base, causal in ARCHITECTURES.values():
+        if issubclass(config_cls, config):
+            return {
+                "AutoConfig": f"{module}.{config.__name__}",
+                "AutoModel": f"{module}.{base.__name__}",
+                "AutoModelForCausalLM": f"{module}.{causal.__name__}",
+            }
+    raise ValueError(f"{config_cls.__name__} is not a Budgeted LoRA config")
+
+
 class _CompressedModel:
     """Mixin: the compressed projections are swapped in ``post_init``, before transformers
     initialises weights and gathers tied keys and parallel plans, so the stock ``__init__``
-    (embeddings, decoder layers, RoPE, LM head) runs unchanged."""
+    (embeddings, decoder layers, RoPE, LM head) runs unchanged. The config's ``auto_map``
+    is completed, so ``save_pretrained`` writes a directory that loads anywhere."""
 
     _compressed_prefix = ""  # where the config's module names start, seen from this class
 
     def post_init(self) -> None:
         apply_compressed_modules(self, self.config, self._compressed_prefix)
+        self.config.auto_map = auto_map(type(self.config)) | (
+            getattr(self.config, "auto_map", None) or {}
+        )
         super().post_init()
 
 
