@@ -46,7 +46,13 @@ def run_lm_eval(
     lm_eval, hflm, task_manager_cls = _import_harness()
     from lm_eval.utils import handle_non_serializable
 
-    task_manager = task_manager_cls(include_path=include_path)
+    # Indexing lm-eval's ~15k built-in task YAMLs takes seconds: only when the tasks asked
+    # for are not all in include_path.
+    task_manager = None
+    if include_path is not None:
+        task_manager = task_manager_cls(include_path=include_path, include_defaults=False)
+    if task_manager is None or any(t not in task_manager.all_tasks for t in tasks):
+        task_manager = task_manager_cls(include_path=include_path)
     unknown = [t for t in tasks if t not in task_manager.all_tasks]
     if unknown:
         where = f" or in {include_path!r}" if include_path else " (add --lm-eval-include DIR)"

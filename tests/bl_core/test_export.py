@@ -14,39 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, make_checkpoint, make_tokenizer
+from conftest import ARCHITECTURES, make_compressed_student, make_tokenizer
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from bl_core.compression import MANIFEST_NAME, compress_model, load_compressed, save_compressed
-from bl_core.config import CompressionConfig
+from bl_core.compression import MANIFEST_NAME, load_compressed, save_compressed
 from bl_core.export import convert_legacy, load_export
 from bl_core.hf.modeling_budgeted_lora import LowRankLinear
-from bl_core.student import build_student, inject_gated_lora
 from bl_core.weights import save_weights
 
 CHILD = Path(__file__).with_name("transformers_only.py")
 IDS = torch.randint(2, 300, (2, 12), generator=torch.Generator().manual_seed(5))
 GENERATE = {"max_new_tokens": 20, "min_new_tokens": 20, "do_sample": False, "pad_token_id": 1}
-RETENTIONS = (0.0, 0.3, 0.8)  # drop, svd, keep: every form in every student
-
-
-def _compressed_student(arch: str, root: Path, kd_lora: bool = False):
-    """(compressed model, plans) of a 2-layer student of a random ``arch`` teacher with
-    random LoRA factors; modules cycle through the drop/svd/keep forms (all keep for a
-    KD LoRA student)."""
-    teacher = make_checkpoint(arch, root / f"{arch}-teacher", seed=1)
-    model = build_student(teacher, num_layers=2)
-    modules = inject_gated_lora(model, rank=4, lora_alpha=8, use_gates=not kd_lora)
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for i, (_, m) in enumerate(modules):
-            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=gen) * 0.05)
-            if not kd_lora:
-                m.gate_logits.copy_(torch.tensor([3.0, -1e4, 1.0, 2.0]))
-                m.set_retention(RETENTIONS[i % 3])
-    plans = compress_model(model, CompressionConfig(svd_max_rank=8))
-    return model.eval(), plans
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +36,9 @@ def exported(tmp_path_factory) -> dict[str, tuple[torch.nn.Module, Path]]:
     out = {}
     for name in [*sorted(ARCHITECTURES), "kd_lora:llama-tied", "kd_lora:qwen2"]:
         arch = name.removeprefix("kd_lora:")
-        model, plans = _compressed_student(arch, root / name.replace(":", "-"), "kd_lora" in name)
+        model, plans = make_compressed_student(
+            arch, root / name.replace(":", "-"), "kd_lora" in name
+        )
         directory = root / name.replace(":", "-") / "compressed"
         extra = {"label": f"{arch}/test", "final_fraction": 0.4}
         save_compressed(
@@ -235,7 +216,7 @@ def _save_v1(model, plans, directory: Path) -> None:
 
 
 def test_earlier_directories_load_and_convert(tmp_path):
-    model, plans = _compressed_student("llama-tied", tmp_path)
+    model, plans = make_compressed_student("llama-tied", tmp_path)
     legacy = tmp_path / "legacy"
     _save_v1(model, plans, legacy)
     assert AutoConfig.from_pretrained(legacy).model_type == "llama"
