@@ -158,6 +158,11 @@ def is_legacy_dir(path: str | Path) -> bool:
     return read_manifest(path).get("version", 1) < MANIFEST_VERSION
 
 
+def is_exported_dir(path: str | Path) -> bool:
+    """A compressed student directory in the current format."""
+    return (Path(path) / MANIFEST_NAME).is_file() and not is_legacy_dir(path)
+
+
 def convert_legacy(
     src: str | Path,
     out_dir: str | Path,

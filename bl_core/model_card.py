@@ -90,10 +90,14 @@ def model_card(
         lines.append(f"| run | `{manifest['label']}` |")
     if manifest.get("method"):
         lines.append(f"| method | {manifest['method']} |")
+    if requested is not None:
+        budget = f"{requested:.2f}"
+    elif manifest.get("method") in ("kd_lora", "kd_full"):
+        budget = f"none ({manifest['method']}: no budget)"
+    else:
+        budget = "not recorded"
     lines += [
-        "| budget F requested | "
-        + (f"{requested:.2f}" if requested is not None else "not recorded")
-        + " |",
+        f"| budget F requested | {budget} |",
         f"| dense fraction realised (of adapted-module MACs) | {realised_fraction(modules):.3f} |",
         f"| modules dense kept / svd / dropped | {s['dense_kept']} / {s['dense_svd']} / "
         f"{s['dense_dropped']} of {s['num_modules']} |",
