@@ -127,7 +127,16 @@ def save_export(
             tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / MANIFEST_NAME, manifest)
         atomic_write_text(tmp / "README.md", model_card(hf_model.config, manifest, speed))
+        _make_readable(tmp)
     return out_dir
+
+
+def _make_readable(directory: Path) -> None:
+    """Modes as ``save_pretrained`` gives them under the usual umask (the temporary
+    directory and files are private): a model directory is meant to be served and shared."""
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def load_export(path: str | Path, dtype: str | torch.dtype = "auto") -> PreTrainedModel:
@@ -168,11 +177,15 @@ def convert_legacy(
     out_dir: str | Path,
     speed: dict[str, Any] | None = None,
     overwrite: bool = False,
+    final_fraction: float | None = None,
 ) -> Path:
     """Rewrite a compressed student directory (any version) in the current format, with
-    its tokenizer, manifest and (optionally) measured speedups in the model card."""
+    its tokenizer, manifest and (optionally) measured speedups and the requested budget
+    ``final_fraction`` (which earlier directories do not record) in the model card."""
     src = Path(src)
     manifest = read_manifest(src) | {"version": MANIFEST_VERSION}
+    if final_fraction is not None:
+        manifest["final_fraction"] = final_fraction
     tokenizer = None
     if (src / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer

@@ -30,6 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="SPEED_JSON",
         help="a measure-speed result (speed.json) whose measured speedups go in the model card",
     )
+    p.add_argument(
+        "--final-fraction",
+        type=float,
+        metavar="F",
+        help="the budget the student was trained for, for the model card (older directories "
+        "do not record it)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)
 
@@ -53,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"SRC {args.src!r} does not exist")
     if Path(args.out).exists() and not args.overwrite:
         raise InputError(f"OUT {args.out!r} already exists (pass --overwrite to replace it)")
-    out = convert_legacy(args.src, args.out, speed=speed, overwrite=args.overwrite)
+    out = convert_legacy(
+        args.src, args.out, speed, overwrite=args.overwrite, final_fraction=args.final_fraction
+    )
     config = json.loads((out / "config.json").read_text())
     remote = "auto_map" in config
     print(f"wrote {out} (model_type {config['model_type']})")

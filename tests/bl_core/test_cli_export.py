@@ -37,7 +37,8 @@ def test_bl_export_converts_and_records_measured_speed(earlier, tmp_path, capsys
     model, old = earlier
     speed = tmp_path / "speed.json"
     speed.write_text(json.dumps({"forward_speedup_measured": 1.25, "device": "cpu"}))
-    assert main(["export", str(old), str(tmp_path / "hf"), "--speed", str(speed)]) == 0
+    argv = ["export", str(old), str(tmp_path / "hf"), "--speed", str(speed)]
+    assert main(argv + ["--final-fraction", "0.4"]) == 0
     printed = capsys.readouterr().out
     assert "model_type budgeted_lora_qwen2" in printed and "trust_remote_code=True" in printed
     with torch.no_grad():
@@ -45,6 +46,8 @@ def test_bl_export_converts_and_records_measured_speed(earlier, tmp_path, capsys
         torch.testing.assert_close(load_compressed(tmp_path / "hf")(IDS).logits, expected)
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "| measured speedup, whole forward | 1.25x |" in card
+    assert "| budget F requested | 0.40 |" in card
+    assert oct((tmp_path / "hf" / "model.safetensors").stat().st_mode)[-3:] == "644"
 
 
 def test_bl_export_refuses_to_overwrite_and_names_bad_inputs(earlier, tmp_path, capsys):
