@@ -45,7 +45,7 @@ def _usage(path_hint: str, remote: bool) -> list[str]:
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         f'model = AutoModelForCausalLM.from_pretrained("{path_hint}"{trust})',
-        f'tokenizer = AutoTokenizer.from_pretrained("{path_hint}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{path_hint}"{trust})',
         'ids = tokenizer("Q:apple\\nA:", return_tensors="pt").input_ids',
         "print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))",
         "```",
