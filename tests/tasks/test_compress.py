@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import make_checkpoint
+from transformers import AutoModelForCausalLM, MistralConfig
 
 from bl_core.compression import MANIFEST_NAME
 from bl_core.config import TARGET_MODULES
@@ -17,9 +17,22 @@ from tasks.compress import compress_task
 COMPRESSION = {"tau_drop": 0.05, "tau_svd": 0.5, "tau_rank": 0.5, "svd_max_rank": 8}
 
 
-def _trained(tmp_path) -> dict:
-    teacher = make_checkpoint("mistral", tmp_path / "teacher", seed=1)
-    model = build_student(teacher, num_layers=2)
+def _trained(tmp_path, tokenizer) -> dict:
+    """A gated 2-layer student with drop/svd/keep retentions, saved as distill saves it.
+    (tests/flows' conftest shadows the root one for imports: the tokenizer is a fixture.)"""
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=None,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    model = build_student(tmp_path / "teacher", num_layers=2)
     for i, (_, m) in enumerate(inject_gated_lora(model, rank=4, lora_alpha=8)):
         with torch.no_grad():
             m.lora_B.normal_(0.0, 0.05)
@@ -30,8 +43,8 @@ def _trained(tmp_path) -> dict:
     return {"model_dir": str(tmp_path / "trained"), "fingerprint": "f0", "summary": summary}
 
 
-def test_compress_writes_the_export_and_rewrites_an_earlier_one(tmp_path):
-    trained = _trained(tmp_path)
+def test_compress_writes_the_export_and_rewrites_an_earlier_one(tmp_path, tiny_tokenizer):
+    trained = _trained(tmp_path, tiny_tokenizer)
     tokenizer = {"tokenizer_dir": str(tmp_path / "teacher")}
     (tmp_path / "out").mkdir()
     args = (str(tmp_path / "out"), "t/budgeted-F0.40/s0", trained, COMPRESSION, 4, tokenizer)
