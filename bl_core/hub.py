@@ -70,7 +70,9 @@ def resolve_model_dir(source: str, revision: str | None = None, what: str = "mod
             )
         return source
     if not _REPO_ID.match(source):
-        raise InputError(f"{what} {source!r} does not exist (nor is it a Hub id, org/name)")
+        raise InputError(
+            f"{what} directory {source!r} does not exist (nor is it a Hub id, org/name)"
+        )
     from huggingface_hub import snapshot_download
 
     try:

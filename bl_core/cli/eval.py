@@ -173,10 +173,14 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     cfg, run_icl = _resolve_config(args)
     device = _resolve_device(args.device)
+    needs_tokenizer = run_icl or bool(args.lm_eval)
+    tokenizer = None
+    if needs_tokenizer and args.tokenizer:  # fail before the model
+        tokenizer = _load_tokenizer(args.tokenizer)
     model_dir = resolve_model_dir(args.model_dir, args.revision)  # a Hub id: its snapshot
     tokenizer_path = args.tokenizer or model_dir
-    needs_tokenizer = run_icl or bool(args.lm_eval)
-    tokenizer = _load_tokenizer(tokenizer_path) if needs_tokenizer else None  # fail early
+    if needs_tokenizer and tokenizer is None:
+        tokenizer = _load_tokenizer(tokenizer_path)
     sequences = None
     if args.ppl_data is not None:
         from bl_core.packing import load_packed
