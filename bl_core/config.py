@@ -267,11 +267,14 @@ class ModelArchConfig(_Section):
 
 
 class TeacherConfig(_Section):
-    """A rung of the teacher ladder: a local checkpoint (``path``) or an architecture
-    pretrained from scratch on the corpus (``arch``), exactly one of the two."""
+    """A rung of the teacher ladder: a checkpoint (``path``: a local directory or a Hugging
+    Face Hub id ``org/name``, at ``revision`` if given) or an architecture pretrained from
+    scratch on the corpus (``arch``), exactly one of the two. Checkpoints are loaded with
+    ``from_pretrained`` and never run remote code."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     path: str | None = None
+    revision: str | None = Field(None, min_length=1)
     arch: ModelArchConfig | None = None
     pretrain_tokens: int | None = Field(None, ge=1)
 
@@ -279,6 +282,8 @@ class TeacherConfig(_Section):
     def _one_source(self) -> TeacherConfig:
         if (self.path is None) == (self.arch is None):
             raise ValueError(f"teacher {self.name!r} needs exactly one of path or arch")
+        if self.revision is not None and self.path is None:
+            raise ValueError(f"teacher {self.name!r}: revision applies to a Hub id path only")
         return self
 
 
