@@ -23,6 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import BudgetedLoRAConfig, apply_overrides
+from bl_core.io import atomic_write_json
 from bl_core.preset_files import resolve_config
 from flows.cells import GridContext, open_cell_run, run_cell, run_reference, share_teacher_outputs
 from tasks import tracking
@@ -120,6 +121,8 @@ def full_grid(
             cells += teacher_branch(ctx.to_dict(), name)
         ok = [c for c in cells if c["status"] == "ok"]
         report = aggregate_task(out, ok, ctx.parent_run_id, [t.name for t in cfg.teachers])
+        # what the grid was: its config and the artifacts its cells used (benchmarks read it)
+        atomic_write_json(Path(out) / "report" / "grid.json", ctx.to_dict())
         failures = [
             f"{c['label']} ({c.get('error', '?')[:300]})" for c in cells if c["status"] != "ok"
         ]
