@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
+from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -30,7 +30,7 @@ from bl_core.packing import PackedDataset
 from bl_core.teacher_outputs import SharedTeacher
 from bl_core.tracking import MetricsLogger
 from bl_core.train_state import capture_rng, restore_rng
-from bl_core.training import _vocab_check, place_teacher, read_summary, start_run
+from bl_core.training import _precision, _vocab_check, place_teacher, read_summary, start_run
 
 
 @dataclass
@@ -80,7 +80,10 @@ def train_cohort(
             _vocab_check(member.student, teacher, vocab_size)
             if shared is None:  # the device accelerate gives every run of this process
                 precision = member.cfg.train.mixed_precision
-                placed = place_teacher(teacher, PartialState().device, precision)
+                # An Accelerator, not a bare PartialState: created first, that would set up
+                # a single-process state under torchrun on CPU.
+                device = Accelerator(mixed_precision=_precision(precision), cpu=None).device
+                placed = place_teacher(teacher, device, precision)
                 shared = SharedTeacher(placed, capacity=accum * len(seeds))
             run = start_run(
                 member.student,

@@ -145,3 +145,55 @@ def test_failed_launch_reports_the_error(tmp_path):
     }
     with pytest.raises(TrainingError, match="2-process training of 'kd_full'.*failed"):
         launch(spec, 2, timeout_s=300)
+
+
+def test_a_cohort_in_two_processes_trains_like_one(micro, tmp_path):
+    """The lockstep cohort under torchrun: each rank shares its own shard's teacher forward
+    among the cells, and every cell trains as it does in one process."""
+    from bl_core.cohort import CohortMember, train_cohort
+
+    cfg, data, teacher, student_dir = micro
+    fractions = {"kd_lora": None, "budgeted": 0.4}
+
+    def cell_cfg(c, method):
+        if fractions[method] is None:
+            return c
+        return apply_overrides(c, {"budget.final_fraction": fractions[method]})
+
+    members = [
+        CohortMember(m, load_pretrained(student_dir), m, cell_cfg(cfg, m), tmp_path / "one" / m)
+        for m in fractions
+    ]
+    results, _ = train_cohort(
+        members,
+        load_pretrained(teacher["model_dir"]),
+        PackedDataset(data.train_dir),
+        vocab_size=data.vocab_size,
+    )
+    assert all(isinstance(r, dict) for r in results.values()), results
+    two = _two_process_cfg(cfg)
+    spec = {
+        "cohort": [
+            {
+                "label": m,
+                "method": m,
+                "sections": cell_cfg(two, m).model_dump(mode="json"),
+                "run_dir": str(tmp_path / "two" / m),
+                "student_dir": str(student_dir),
+            }
+            for m in fractions
+        ],
+        "teacher_dir": teacher["model_dir"],
+        "train_dir": data.train_dir,
+        "vocab_size": data.vocab_size,
+    }
+    result = launch(spec, 2, timeout_s=600)
+    assert result["cells"] == {m: "ok" for m in fractions}
+    assert result["forwards"] < result["requests"]  # shared: one forward per batch per rank
+    for m in fractions:
+        torch.testing.assert_close(
+            torch.tensor(_losses(tmp_path / "two" / m)),
+            torch.tensor(_losses(tmp_path / "one" / m)),
+            rtol=1e-4,
+            atol=1e-4,
+        )
