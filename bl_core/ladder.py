@@ -82,6 +82,7 @@ def prepare_teacher(
             vocab_size=len(tokenizer),
             train_cfg=tc,
             logger=logger,
+            progress_label=f"{teacher.name} pretrain",
         )
     final = run_dir / "final"
     if not (final / "tokenizer_config.json").is_file():

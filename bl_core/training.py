@@ -152,6 +152,7 @@ class _Run:
         self.model, self.optimizer = self.acc.prepare(student, optimizer)
         self.teacher = self._teacher(teacher)
         self.step, self.tokens, self.elapsed, self.teacher_s = 0, 0, 0.0, 0.0
+        self.progress_label: str | None = None  # the bar's name; default the method
 
     def _controller(self) -> BudgetController:
         b = self.cfg.budget
@@ -284,7 +285,7 @@ class _Run:
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
-            desc=self.method,
+            desc=self.progress_label or self.method,
             unit="step",
             disable=not sys.stderr.isatty() or not self.acc.is_main_process,
         )
@@ -384,12 +385,14 @@ def train(
     train_cfg: TrainConfig | None = None,
     logger: MetricsLogger | None = None,
     on_step: Callable[[int], None] | None = None,
+    progress_label: str | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` by ``method``; resume from ``run_dir`` if it has a checkpoint.
 
     A run whose ``summary.json`` exists is finished and is returned, not redone.
     ``train_cfg`` defaults to ``cfg.train`` (use ``cfg.pretrain`` for teachers).
-    ``on_step(step)`` is called after every optimizer step.
+    ``on_step(step)`` is called after every optimizer step. ``progress_label`` names the
+    terminal progress bar (``tiny-s/budgeted-F0.40/s0 distill``; default the method).
     Writes ``final/`` (the trained student), ``metrics.jsonl``, ``summary.json`` and, for
     ``budgeted``, ``trajectory.json``.
     """
@@ -403,6 +406,7 @@ def train(
     run = _Run(
         student, teacher, method, data, cfg, run_dir, vocab_size, train_cfg or cfg.train, logger
     )
+    run.progress_label = progress_label
     run.resume()
     if run.acc.is_main_process:
         run.logger.log_params({"method": method, "total_steps": run.total_steps})

@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import apply_overrides
 from bl_core.errors import ConfigError
+from flows import status
 from flows.cells import GridContext, run_cell
 from flows.grid import _RUNNER, resolve_grid_config
 from tasks import tracking
@@ -109,6 +110,7 @@ def ablations(
         name = teacher or min(ctx.teacher_refs.values(), key=lambda t: t["num_params"])["name"]
         teacher_ref = ctx.teacher_ref(name)
         rows = []
+        status.get(ctx.grid_id).total_cells = sum(len(SWEEPS[s][2]) for s in sweeps or SWEEPS)
         for sweep in sweeps or list(SWEEPS):
             method, fraction, variants = SWEEPS[sweep]
             for variant, changes in variants.items():
@@ -128,4 +130,5 @@ def ablations(
             raise RuntimeError(f"{len(failures)} ablation cell(s) failed: {', '.join(failures)}")
         return {"output_dir": out, "report": report}
     finally:
+        status.finish(ctx.grid_id)
         tracking.close_run(ctx.parent_run_id, failed=failed)

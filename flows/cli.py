@@ -68,8 +68,11 @@ def run_grid(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("outputs") / preset).resolve()
     out.mkdir(parents=True, exist_ok=True)
     _prefect_environment(out)
+    _status("loading the pipeline (torch, transformers, Prefect, MLflow) ...")
     from flows.grid import full_grid  # imports prefect: only now that its env is set
 
+    if not os.environ.get("PREFECT_API_URL"):
+        _status("starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)")
     result = full_grid(
         config=args.config,
         output_dir=str(out),
@@ -80,12 +83,40 @@ def run_grid(args: argparse.Namespace) -> int:
         overrides=overrides or None,
         force=args.force,
     )
-    report = result["report"]
-    print("\n" + Path(report["table2_md"]).read_text())
-    print(f"outputs:  {out}")
-    print(f"report:   {report['report_md']}")
-    print(f"MLflow:   mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
+    print_summary(result, out)
     return 0
+
+
+def _status(message: str) -> None:
+    """A line for the silent phases before the flow's own logging starts."""
+    print(f"bl grid: {message}", file=sys.stderr, flush=True)
+
+
+def print_summary(result: dict, out: Path, width: int = 100) -> None:
+    """Table 2 in ``width`` columns (the full table is in the report), where everything is,
+    and how much of the run came from cache."""
+    import pandas as pd
+
+    from tasks.report_tables import compact_table
+
+    report = result["report"]
+    table2 = pd.read_csv(Path(report["report_dir"]) / "table2.csv", index_col=0)
+    compact = compact_table(table2, width)
+    print("\n" + (compact or "(Table 2 is wider than the terminal: see table2.md)"))
+    print(f"full table: {report['table2_md']}")
+    print(f"report:     {report['report_md']}")
+    print(f"outputs:    {out}")
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    if not uri.startswith(("http://", "https://")):
+        print(f"MLflow:     mlflow ui --backend-store-uri {uri}")
+    if report.get("mlflow_url"):
+        print(f"budgets:    {report['mlflow_url']}")
+    stages = result.get("stages")
+    if stages:
+        print(
+            f"stages:     {stages['from_cache']} of {stages['stages']} from cache, "
+            f"{stages['ran']} ran ({stages['seconds']:.0f} s in the flow)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

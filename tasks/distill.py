@@ -36,7 +36,20 @@ def training_sections(method: str, config: dict[str, Any]) -> dict[str, Any]:
     return sections
 
 
-def _train_here(method, cfg, student, teacher, train_data, tokenizer, run_dir, logger) -> dict:  # noqa: ANN001
+def cell_sections(
+    sections: dict[str, Any], seed: int, final_fraction: float | None, method: str
+) -> dict[str, Any]:
+    """:func:`training_sections` with the cell's own seed and budget applied: the config
+    this cell trains with (its MLflow params; the distill stage's cache key)."""
+    sections = {**sections, "train": {**sections["train"], "seed": seed}}
+    if method == "budgeted":
+        sections["budget"] = {**sections["budget"], "final_fraction": final_fraction}
+    return sections
+
+
+def _train_here(
+    method, cfg, student, teacher, train_data, tokenizer, run_dir, logger, label
+) -> dict:  # noqa: ANN001, E501
     if method == "pretrain":
         model, teacher_model = scratch_student(student["model_dir"], cfg.train.seed), None
     else:
@@ -51,6 +64,7 @@ def _train_here(method, cfg, student, teacher, train_data, tokenizer, run_dir, l
         run_dir,
         vocab_size=tokenizer["vocab_size"],
         logger=logger,
+        progress_label=f"{label} distill",
     )
 
 
@@ -74,9 +88,7 @@ def distill_task(
     are applied on top of it.
     """
     record_execution(output_dir, "distill", label)
-    sections = {**sections, "train": {**sections["train"], "seed": seed}}
-    if method == "budgeted":
-        sections["budget"] = {**sections["budget"], "final_fraction": final_fraction}
+    sections = cell_sections(sections, seed, final_fraction, method)
     cfg = config_from_dict(sections)
     payload = {
         "method": method,
@@ -107,6 +119,7 @@ def distill_task(
             tokenizer,
             run_dir,
             tracking_logger(output_dir, mlflow_run_id),
+            label,
         )
     final = run_dir / "final"
     trajectory = run_dir / "trajectory.json"

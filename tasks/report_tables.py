@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.report_figures import FIGURE_CAPTIONS, write_atomic, write_figures
+from tasks.report_figures import FIGURE_CAPTIONS, removal_step, write_atomic, write_figures
 from tasks.report_figures import pareto_frontier as pareto_frontier  # re-exported
 
 Cell = Mapping[str, Any]
@@ -293,6 +293,21 @@ def trajectory_frame(cells: Sequence[Cell], teacher_order: TeacherOrder = None) 
     return pd.DataFrame(records, columns=["teacher", "label", "step", "target", "actual"])
 
 
+# Column headers for reading (Markdown, the Prefect and MLflow tables, the terminal): short
+# enough that Table 2 of three teachers fits a screen. The CSVs keep the full names.
+DISPLAY_HEADERS = {
+    "Train compute": "Compute", "Train tokens/s (measured)": "Tok/s",
+    "Infer speedup (MAC)": "MAC ×", "Infer speedup (measured)": "Measured ×",
+    "Forward speedup (measured)": "Forward ×", "Generate speedup (measured)": "Generate ×",
+    "Param red. vs LoRA": "Param red.",
+}  # fmt: skip
+
+
+def display_headers(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with :data:`DISPLAY_HEADERS` column names."""
+    return frame.rename(columns=DISPLAY_HEADERS)
+
+
 def _number_format(column: str) -> Callable[[float], str]:
     if column.startswith("PPL ") or column == "Train compute":
         return lambda v: f"{v:.2f}"
@@ -349,22 +364,98 @@ def markdown_table(frame: pd.DataFrame) -> str:
 _SECTIONS = {
     "table2": ("Table 2 — quality and efficiency",
                "Validation perplexity per teacher. Efficiency columns are per method, from the "
-               "first teacher in ladder order that has them. Train compute: adapted-module proxy, "
-               "KD Full = 1 (DESIGN §7). Realised F: final dense fraction of adapted-module MACs."),
+               "first teacher in ladder order that has them. Compute: training-compute proxy of "
+               "the adapted modules, KD Full = 1 (DESIGN §7). Tok/s: measured training tokens/s. "
+               "MAC × and Measured ×: inference speedup of the adapted modules over the dense "
+               "student, by multiply-accumulates and by wall clock. Param red.: fewer parameters "
+               "than LoRA. Realised F: final dense fraction of adapted-module MACs."),
     "table8": ("Table 8 — compressed structure",
                "Per method/budget, from the first teacher with compression info (column Teacher). "
-               "KD LoRA deploys merged: every module kept. Speedups over adapted modules (§5)."),
+               "KD LoRA deploys merged: every module kept. Speedups over the dense student (§5): "
+               "MAC × by multiply-accumulates; Measured ×, Forward × and Generate ×: wall clock of "
+               "the adapted modules, a forward pass and generation."),
     "table9": ("Table 9 — in-context-learning probes",
                "Exact-match accuracy (%), mean ± std over demonstration seeds; Composite is the "
                "macro mean over probes (§9)."),
 }  # fmt: skip
 
 
-def _report_markdown(teachers: Sequence[str], markdown: Mapping[str, str]) -> str:
+def warm_start_note(results: pd.DataFrame, trajectories: pd.DataFrame) -> str | None:
+    """One sentence when budgeted students end with a higher perplexity than the untrained
+    warm start they began from, and why: the steps left after the controller's last removal
+    (read off the trajectory). None when every budget beats the warm start."""
+    init = results[(results["method"] == "init") & results["ppl"].notna()]
+    if init.empty:
+        return None
+    init_ppl = float(init["ppl"].iloc[0])
+    budgets = results[(results["method"] == "budgeted") & (results["ppl"] > init_ppl)]
+    if budgets.empty:
+        return None
+    clauses = []
+    for label, rows in budgets.groupby("label", sort=False):
+        ppl = " / ".join(f"{p:.2f}" for p in rows["ppl"])
+        clause = f"{label} (PPL {ppl} for {' / '.join(rows['teacher'])})"
+        run = trajectories[trajectories["label"] == label]
+        run = run[run["teacher"] == run["teacher"].iloc[0]] if len(run) else run
+        done = None
+        if len(run):
+            final = float(run["target"].iloc[-1])
+            done = removal_step(list(run["step"]), list(run["actual"]), final)
+        if done is None:
+            clauses.append(f"{clause} never reaches its budget")
+            continue
+        total = int(run["step"].max()) + 1  # steps are logged from 0
+        clauses.append(
+            f"{clause} loses its last dense path at step {done:g} of {total}, "
+            f"leaving {total - int(done)} steps to recover"
+        )
+    return (
+        f"Worse than the untrained warm start (PPL {init_ppl:.2f}): "
+        + "; ".join(clauses)
+        + " — too few training steps after the removals for the low-rank paths to take over "
+        "(trajectory.png shows when; more `train.total_tokens` closes the gap)."
+    )
+
+
+def compact_table(frame: pd.DataFrame, width: int = 100) -> str:
+    """Table 2 as aligned plain text that fits ``width`` columns (a terminal): the method,
+    PPL per teacher, then MAC and measured speedup, param reduction and train compute, as
+    many of those as fit; "" when not even the perplexities fit."""
+    wanted = ["Infer speedup (MAC)", "Infer speedup (measured)", "Param red. vs LoRA"]
+    wanted += ["Train compute"]
+    ppl = [c for c in frame.columns if str(c).startswith("PPL ")]
+    text = display_headers(format_table(frame[[*ppl, *wanted]]))
+    text = text.reset_index().rename(columns={text.index.name or "index": "Method"})
+
+    def widths(columns: list[str]) -> list[int]:
+        return [max(len(c), *(len(str(v)) for v in text[c])) for c in columns]
+
+    columns = ["Method", *[c for c in text.columns if c != "Method"]]
+    while columns and sum(widths(columns)) + 2 * (len(columns) - 1) > width:
+        columns.pop()
+    if len(columns) < 1 + len(ppl):
+        return ""
+    sizes = widths(columns)
+
+    def line(values: Sequence[str]) -> str:
+        cells = [str(v).ljust(w) if k == 0 else str(v).rjust(w)
+                 for k, (v, w) in enumerate(zip(values, sizes))]  # fmt: skip
+        return "  ".join(cells).rstrip()
+
+    rows = [line(columns), line(["-" * w for w in sizes])]
+    rows += [line(values) for values in text[columns].to_numpy()]
+    return "\n".join(rows) + "\n"
+
+
+def _report_markdown(
+    teachers: Sequence[str], markdown: Mapping[str, str], note: str | None = None
+) -> str:
     parts = ["# Budgeted LoRA grid report", "", f"Teachers (ladder order): {', '.join(teachers)}."]
     for name, text in markdown.items():
         title, caption = _SECTIONS[name]
         parts += ["", f"## {title}", "", caption, "", text.rstrip("\n")]
+        if name == "table2" and note:
+            parts += ["", f"**Note.** {note}"]
     parts += ["", "## Figures", ""]
     parts += [f"![{caption}]({name})\n" for name, caption in FIGURE_CAPTIONS.items()]
     return "\n".join(parts)
@@ -389,11 +480,12 @@ def write_report(
         "table9": (t9.to_frame(), t9.formatted()),
     }
     paths = {"results.csv": write_atomic(out / "results.csv", results.to_csv().encode())}
-    markdown = {name: markdown_table(text) for name, (_, text) in tables.items()}
+    markdown = {name: markdown_table(display_headers(text)) for name, (_, text) in tables.items()}
     for name, (numeric, _) in tables.items():
         paths[f"{name}.csv"] = write_atomic(out / f"{name}.csv", numeric.to_csv().encode())
         paths[f"{name}.md"] = write_atomic(out / f"{name}.md", markdown[name].encode())
-    paths |= write_figures(results, trajectory_frame(cells, teachers), out, teachers)
-    report = _report_markdown(teachers, markdown).encode()
+    trajectories = trajectory_frame(cells, teachers)
+    paths |= write_figures(results, trajectories, out, teachers)
+    report = _report_markdown(teachers, markdown, warm_start_note(results, trajectories)).encode()
     paths["report.md"] = write_atomic(out / "report.md", report)
     return paths
