@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 import uuid
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,14 @@ def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None
     client().log_artifact(run_id, str(path), artifact_path)
 
 
+def log_table(run_id: str, frame: Any, artifact_file: str) -> None:
+    """A table the MLflow UI shows as one (``MlflowClient.log_table``), without the pandas 3
+    deprecation warning MLflow 3.17's own dtype check prints into every grid's output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="For backward compatibility, 'str' dtypes")
+        client().log_table(run_id, frame, artifact_file)
+
+
 def has_metric(run_id: str, key: str) -> bool:
     return bool(client().get_metric_history(run_id, key))
 
@@ -346,7 +355,7 @@ def record_cell(run_id: str, cell: dict[str, Any], end_time: int | None = None) 
         log_metrics(run_id, run_metrics.headline_metrics(cell))
         details = run_metrics.detail_table(cell)
         if len(details):
-            client().log_table(run_id, details, "details.json")
+            log_table(run_id, details, "details.json")
         artifacts = cell.get("artifacts") or {}
         if artifacts.get("metrics_path") and not has_metric(run_id, "loss"):
             replay_metrics(run_id, artifacts["metrics_path"])
@@ -429,7 +438,7 @@ def log_report(parent_run_id: str, files: dict[str, str], table2: Any) -> str:
         markdown_table(table2),
     ]
     c.set_tag(parent_run_id, "mlflow.note.content", "\n".join(note))
-    c.log_table(parent_run_id, table2.reset_index(), "table2.json")
+    log_table(parent_run_id, table2.reset_index(), "table2.json")
     for path in files.values():
         log_artifact(parent_run_id, path, "report")
     for path in figures.values():
