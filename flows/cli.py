@@ -32,6 +32,7 @@ def _prefect_environment(output_dir: Path) -> None:
     os.environ.setdefault("PREFECT_HOME", str(output_dir / "prefect" / "home"))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect won't
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's SDK telemetry: offline, and a notice
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bl_core")
 

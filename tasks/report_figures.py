@@ -150,7 +150,7 @@ def plot_pareto(results: pd.DataFrame, teachers: Sequence[str] | None = None) ->
     axes = figure.subplots(1, 2, sharey=True)
     colors = dict(zip(ladder, _colors(len(ladder))))
     for ax, x, xlabel, dodge in (
-        (axes[0], "mac", "inference speedup, MAC ratio (adapted modules)", 0.012),
+        (axes[0], "mac", "inference speedup, MAC ratio (adapted modules)", 0.02),
         (axes[1], "measured", "inference speedup, measured (adapted modules, wall clock)", 0.0),
     ):
         _pareto_panel(ax, points, x, ladder, style, dodge)
