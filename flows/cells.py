@@ -86,7 +86,8 @@ class GridContext:
         """Open the parent MLflow run and run the shared stages."""
         status.start(grid_id, out)
         progress.set_grid_flow_run(grid_id)
-        tracking.set_tracking_uri(out, cfg.tracking.uri)
+        uri = tracking.set_tracking_uri(out, cfg.tracking.uri)
+        status.log(grid_id, f"MLflow: {uri} (a new store creates its tables first) ...")
         experiment = cfg.tracking.experiment or f"budgeted-lora-{preset}"
         tracking.setup_experiment(experiment)
         config = cfg.model_dump(mode="json")

@@ -1,6 +1,6 @@
 """What a grid tells a person while it runs, in the terminal and on its Prefect flow-run page:
 
-    cell 4 of 13: tiny-s/kd_lora/s0 · 3 done in 0:41 · ETA 2:10
+    cell 4 of 13: tiny-s/kd_lora/s0 · 4:41 elapsed · ETA 2:10
     13 of 53 stages from cache, 40 ran · 13 cells in 6:58
 
 One :class:`GridStatus` per grid run, found by the grid's id: the teacher-branch sub-flows
@@ -45,7 +45,7 @@ class GridStatus:
         parts = [f"cell {done + 1} of {self.total_cells}: {label}"] if self.total_cells else []
         parts = parts or [f"cell {done + 1}: {label}"]
         if done:
-            parts.append(f"{done} done in {format_duration(time.monotonic() - self.started)}")
+            parts.append(f"{format_duration(time.monotonic() - self.started)} elapsed")
         eta = self.eta()
         if eta is not None:
             parts.append(f"ETA {format_duration(eta)}")

@@ -26,7 +26,7 @@ def test_cell_lines_eta_and_summary(tmp_path, caplog, monkeypatch) -> None:
         now[0] = 12.0
     assert caplog.messages == [
         "cell 1 of 4: t/kd_full/s0",
-        "cell 2 of 4: t/kd_lora/s0 · 1 done in 0:10 · ETA 0:30",
-        "cell 3 of 4: t/budgeted-F0.00/s0 · 2 done in 0:11 · ETA 0:20",
+        "cell 2 of 4: t/kd_lora/s0 · 0:10 elapsed · ETA 0:30",
+        "cell 3 of 4: t/budgeted-F0.00/s0 · 0:11 elapsed · ETA 0:20",
     ]
     assert status.summary_line() == "5 of 6 stages from cache, 1 ran · 2 cells in 0:12"
