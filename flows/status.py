@@ -33,8 +33,8 @@ class GridStatus:
     stages_called: int = 0
     started: float = field(default_factory=lambda: time.monotonic())
     executions_before: int = 0
-    cells: list[tuple[str, float, bool]] = field(default_factory=list)  # label, s, executed
-    _cell_start: tuple[str, float, int] | None = None
+    cells: list[tuple[str, float]] = field(default_factory=list)  # label, seconds
+    _cell_start: tuple[str, float] | None = None
 
     def executions(self) -> int:
         """Stages that ran (not served from cache) since this grid run started."""
@@ -50,24 +50,21 @@ class GridStatus:
         if eta is not None:
             parts.append(f"ETA {format_duration(eta)}")
         self.logger.info(" · ".join(parts))
-        self._cell_start = (label, time.monotonic(), self.executions())
+        self._cell_start = (label, time.monotonic())
 
     def cell_finished(self, label: str) -> None:
         if self._cell_start is None or self._cell_start[0] != label:
             return
-        _, start, executions = self._cell_start
-        self.cells.append((label, time.monotonic() - start, self.executions() > executions))
+        self.cells.append((label, time.monotonic() - self._cell_start[1]))
         self._cell_start = None
 
     def eta(self) -> float | None:
-        """Remaining cells x the mean time of the finished cells that computed something
-        (cells served from cache take a second and would say the grid is nearly done)."""
+        """Remaining cells x the mean time of the finished ones (cached cells included: a
+        rerun with one changed budget would otherwise promise minutes for seconds)."""
         remaining = self.total_cells - len(self.cells)
         if not self.cells or remaining <= 0:
             return None
-        worked = [seconds for _, seconds, executed in self.cells if executed]
-        sample = worked or [seconds for _, seconds, _ in self.cells]
-        return remaining * sum(sample) / len(sample)
+        return remaining * sum(seconds for _, seconds in self.cells) / len(self.cells)
 
     def summary(self) -> dict[str, Any]:
         ran = self.executions()

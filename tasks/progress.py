@@ -1,8 +1,9 @@
 """Training progress as log lines a person can follow in the Prefect UI (and in a terminal
-without a progress bar): one line per training logging interval of a stage, logged as that
-stage's task run, whose name carries the cell (``distill-tiny-s/budgeted-F0.40/s0``)::
+without a progress bar): one line per training logging interval, named by the cell (the UI
+cuts the task run's name it shows beside the line)::
 
-    step 40/97 (41%) · loss 3.214 · 12,345 tok/s · dense 0.62 · ETA 0:12
+    tiny-s/budgeted-F0.40/s0 distill: step 40/97 (41%) · loss 3.214 · 12,345 tok/s
+        · dense 0.62 · ETA 0:12
 
 A :class:`bl_core.tracking.MetricsLogger`, so the trainer reports through it unchanged.
 Where a terminal shows a progress bar (stderr is a TTY) the lines go to the Prefect API
@@ -22,7 +23,7 @@ from prefect.logging import get_run_logger
 from prefect.logging.loggers import PrefectLogAdapter
 
 # A child of "prefect.extra", whose only handler is the API's (logging.yml of Prefect 3).
-_API_ONLY_LOGGER = "prefect.extra.bl-progress"
+_API_ONLY_LOGGER = "prefect.extra.training"
 _STAGE_VERBS = {"prepare-teacher": "pretrain"}
 # The top-level flow run of the grid in this process: stage progress is logged there so
 # the grid's own page in the Prefect UI shows every cell's progress, not only a sub-flow's.
@@ -60,12 +61,9 @@ def stage_label(stage: str, run_name: str) -> str:
 class ProgressLogger:
     """Progress lines of one training stage (see the module docstring)."""
 
-    def __init__(
-        self, label: str, logger: logging.LoggerAdapter | logging.Logger, named: bool = False
-    ) -> None:
+    def __init__(self, label: str, logger: logging.LoggerAdapter | logging.Logger) -> None:
         self.label = label  # the stage: "tiny-s/kd_lora/s0 distill"
         self.logger = logger
-        self.named = named  # the records carry the task run's name: no label in the line
         self.total_steps: int | None = None
         self._first: tuple[int, float] | None = None  # (step, time) of the first report
 
@@ -82,15 +80,14 @@ class ProgressLogger:
         if _GRID_FLOW_RUN_ID:
             extra["flow_run_id"] = _GRID_FLOW_RUN_ID
         name = _API_ONLY_LOGGER if sys.stderr.isatty() else "prefect.task_runs"
-        return cls(label, PrefectLogAdapter(logging.getLogger(name), extra), named=True)
+        return cls(label, PrefectLogAdapter(logging.getLogger(name), extra))
 
     def log_params(self, params: dict[str, Any]) -> None:
         if "total_steps" in params:
             self.total_steps = int(params["total_steps"])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        line = self.line(metrics, step)
-        self.logger.info(line if self.named else f"{self.label}: {line}")
+        self.logger.info(f"{self.label}: {self.line(metrics, step)}")
 
     def line(self, metrics: dict[str, float], step: int, now: float | None = None) -> str:
         """The progress line for ``metrics`` logged at ``step``."""

@@ -1,5 +1,5 @@
 """What the grid says while it runs (flows/status.py): cell k of N, an ETA from the cells
-that computed something, and how much came from cache."""
+done so far, and how much came from cache."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ def test_cell_lines_eta_and_summary(tmp_path, caplog, monkeypatch) -> None:
     status.stages_called = 6
     with caplog.at_level(logging.INFO, logger="test.status"):
         status.cell_started("t/kd_full/s0")
-        record_execution(tmp_path, "distill", "t/kd_full/s0")  # this cell computed something
+        record_execution(tmp_path, "distill", "t/kd_full/s0")  # one stage ran, five from cache
         now[0] = 10.0
         status.cell_finished("t/kd_full/s0")
         status.cell_started("t/kd_lora/s0")  # 3 cells left at 10 s each
         now[0] = 11.0
-        status.cell_finished("t/kd_lora/s0")  # from cache: not a sample for the ETA
+        status.cell_finished("t/kd_lora/s0")  # from cache: 1 s
         status.cell_started("t/budgeted-F0.00/s0")
         now[0] = 12.0
     assert caplog.messages == [
         "cell 1 of 4: t/kd_full/s0",
         "cell 2 of 4: t/kd_lora/s0 · 0:10 elapsed · ETA 0:30",
-        "cell 3 of 4: t/budgeted-F0.00/s0 · 0:11 elapsed · ETA 0:20",
+        "cell 3 of 4: t/budgeted-F0.00/s0 · 0:11 elapsed · ETA 0:11",
     ]
     assert status.summary_line() == "5 of 6 stages from cache, 1 ran · 2 cells in 0:12"

@@ -27,4 +27,4 @@ def test_a_line_per_interval_with_step_loss_speed_and_eta(caplog) -> None:
     assert later == "step 20/100 (20%) · loss 2.500 · 12,000 tok/s · dense 0.62 · ETA 0:40"
     with caplog.at_level(logging.INFO, logger="test.progress"):
         progress.log_metrics({"loss": 2.0}, 30)
-    assert caplog.messages[-1].startswith("tiny-s/kd_lora/s0 distill: step 30/100")  # no run name
+    assert caplog.messages[-1].startswith("tiny-s/kd_lora/s0 distill: step 30/100 (30%)")
