@@ -334,8 +334,9 @@ def plot_module_history(history: pd.DataFrame) -> Figure:
         steps = grid.columns.to_numpy(float)
         image = ax.pcolormesh(
             _edges(steps), np.arange(len(modules) + 1), grid.to_numpy(float),
-            cmap="viridis", vmin=0.0 if value == "alpha" else None,
-            vmax=1.0 if value == "alpha" else None, shading="flat",
+            cmap="viridis", vmin=0.0,  # a rank of 0 and an alpha of 0 are both "nothing left"
+            vmax=1.0 if value == "alpha" else max(1.0, float(np.nanmax(grid.to_numpy(float)))),
+            shading="flat",
         )  # fmt: skip
         figure.colorbar(image, ax=ax, label="alpha (dense path kept)" if value == "alpha"
                         else "active rank")  # fmt: skip
