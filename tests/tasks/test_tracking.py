@@ -117,10 +117,15 @@ def test_the_parent_run_answers_which_budget(store, tmp_path):
     parent = tracking.open_run(exp, "grid", {"kind": "grid", "grid_id": "abcdef12-34"})
     figure = tmp_path / "pareto.png"
     figure.write_bytes(b"\x89PNG\r\n\x1a\n")
-    table = pd.DataFrame({"PPL t": ["20.00"]}, index=pd.Index(["KD Full"], name="Method"))
+    table = pd.DataFrame(
+        {"PPL t": ["20.00", "24.60"], "MAC ×": ["1.00×", "4.05×"]},
+        index=pd.Index(["KD LoRA", "Budgeted F=0.0"], name="Method"),
+    )
     url = tracking.log_report(parent, {"pareto.png": str(figure)}, table)
     run = client.get_run(parent)
-    assert "| KD Full | 20.00 |" in run.data.tags["mlflow.note.content"]
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("**Which budget?** F=0.0: 4.05× by MACs, PPL 24.60; KD LoRA: PPL 20.00")
+    assert "| KD LoRA | 20.00 | 1.00× |" in note
     assert {a.path for a in client.list_artifacts(parent)} >= {"figures", "report", "table2.json"}
     assert url.endswith("runs?workflowType=machine_learning&viewStateShareKey=grid-abcdef12")
     view = client.get_experiment(run.info.experiment_id).tags[
