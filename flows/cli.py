@@ -97,11 +97,12 @@ def print_summary(result: dict, out: Path, width: int = 100) -> None:
     and how much of the run came from cache."""
     import pandas as pd
 
-    from tasks.report_tables import compact_table
+    from tasks.report_summary import compact_table
+    from tasks.report_tables import display_headers, format_table
 
     report = result["report"]
     table2 = pd.read_csv(Path(report["report_dir"]) / "table2.csv", index_col=0)
-    compact = compact_table(table2, width)
+    compact = compact_table(display_headers(format_table(table2)), width)
     print("\n" + (compact or "(Table 2 is wider than the terminal: see table2.md)"))
     print(f"full table: {report['table2_md']}")
     print(f"report:     {report['report_md']}")

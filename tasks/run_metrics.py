@@ -125,3 +125,47 @@ def module_history(metrics_jsonl: str | Path) -> pd.DataFrame:
     ]
     frame = pd.DataFrame(records, columns=["step", "module", "alpha", "rank"])
     return frame.astype({"alpha": float, "rank": float})
+
+
+def budget_line(table2: Any) -> str:
+    """One line that answers "which budget?" from the formatted Table 2: each budget's MAC
+    speedup and perplexity per teacher, against KD LoRA's."""
+    ppl = [c for c in table2.columns if str(c).startswith("PPL ")]
+    teachers = " / ".join(str(c)[4:] for c in ppl)
+
+    def quality(label: str) -> str:
+        return " / ".join(str(table2.loc[label, c]) for c in ppl)
+
+    parts = [
+        f"{label.removeprefix('Budgeted ')}: {table2.loc[label, 'MAC ×']} by MACs, PPL "
+        f"{quality(label)}"
+        for label in table2.index
+        if str(label).startswith("Budgeted")
+    ]
+    if not parts:
+        return "no budgeted cell in this grid."
+    if "KD LoRA" in table2.index:
+        parts.append(f"KD LoRA: PPL {quality('KD LoRA')}")
+    return f"{'; '.join(parts)} (PPL of {teachers})."
+
+
+# The runs-table columns of the grid's shared view: which cell, then the headline metrics.
+VIEW_COLUMNS = ["tags.`teacher`", "tags.`method`", "tags.`final_fraction`"] + [
+    f"metrics.`{name}`" for name in HEADLINE
+]
+
+
+def grid_view_state(grid_id: str) -> dict[str, Any]:
+    """An MLflow UI runs-table view (the JSON its "share view" saves on the experiment):
+    one grid's cells grouped by teacher, oldest first, the headline metrics as columns."""
+    return {
+        "searchFilter": f"tags.grid_id = '{grid_id}' and tags.kind = 'cell'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": True,
+        "selectedColumns": VIEW_COLUMNS,
+        "columnOrder": VIEW_COLUMNS,
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "tag", "groupByData": "teacher"}],
+        },
+    }

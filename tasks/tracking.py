@@ -377,34 +377,6 @@ def record_cell(run_id: str, cell: dict[str, Any], end_time: int | None = None) 
         close_run(run_id, failed=failed, error=cell.get("error"), end_time=end_time)
 
 
-def budget_line(table2: Any) -> str:
-    """One line that answers "which budget?" from the formatted Table 2: each budget's MAC
-    speedup and perplexity per teacher, against KD LoRA's."""
-    ppl = [c for c in table2.columns if str(c).startswith("PPL ")]
-    teachers = " / ".join(str(c)[4:] for c in ppl)
-
-    def quality(label: str) -> str:
-        return " / ".join(str(table2.loc[label, c]) for c in ppl)
-
-    parts = [
-        f"{label.removeprefix('Budgeted ')}: {table2.loc[label, 'MAC ×']} by MACs, PPL "
-        f"{quality(label)}"
-        for label in table2.index
-        if str(label).startswith("Budgeted")
-    ]
-    if not parts:
-        return "no budgeted cell in this grid."
-    if "KD LoRA" in table2.index:
-        parts.append(f"KD LoRA: PPL {quality('KD LoRA')}")
-    return f"{'; '.join(parts)} (PPL of {teachers})."
-
-
-# The runs-table columns of the grid's shared view: which cell, then the headline metrics.
-_VIEW_COLUMNS = ["tags.`teacher`", "tags.`method`", "tags.`final_fraction`"] + [
-    f"metrics.`{name}`" for name in run_metrics.HEADLINE
-]
-
-
 def share_grid_view(parent_run_id: str) -> str:
     """Save an MLflow "shared view" of this grid's cells (grouped by teacher, the headline
     metrics as columns) on the experiment; returns its share key. The UI otherwise opens
@@ -413,17 +385,7 @@ def share_grid_view(parent_run_id: str) -> str:
     c = client()
     parent = c.get_run(parent_run_id)
     grid_id = parent.data.tags.get("grid_id", parent_run_id)
-    state = {
-        "searchFilter": f"tags.grid_id = '{grid_id}' and tags.kind = 'cell'",
-        "orderByKey": "attributes.start_time",
-        "orderByAsc": True,
-        "selectedColumns": _VIEW_COLUMNS,
-        "columnOrder": _VIEW_COLUMNS,
-        "groupBy": {
-            "aggregateFunction": "average",
-            "groupByKeys": [{"mode": "tag", "groupByData": "teacher"}],
-        },
-    }
+    state = run_metrics.grid_view_state(grid_id)
     key = f"grid-{grid_id[:8]}"
     exp_id = parent.info.experiment_id
     c.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{key}", json.dumps(state))
@@ -454,7 +416,7 @@ def log_report(parent_run_id: str, files: dict[str, str], table2: Any) -> str:
     url = ui_url(parent_run_id, key)
     figures = {name: path for name, path in files.items() if name.endswith(".png")}
     note = [
-        f"**Which budget?** {budget_line(table2)}",
+        f"**Which budget?** {run_metrics.budget_line(table2)}",
         "",
         f"[The grid's cells side by side]({url}) · Table 2 as `table2.json`, figures under "
         "`figures/`, the whole report under `report/` (Artifacts)",

@@ -13,11 +13,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from tasks.report_summary import compact_table, warm_start_note
 from tasks.report_tables import (
     COMPOSITE,
     MISSING,
     TABLE2_EFFICIENCY,
-    compact_table,
+    display_headers,
     format_table,
     format_table8,
     markdown_table,
@@ -28,7 +29,6 @@ from tasks.report_tables import (
     table8,
     table9,
     trajectory_frame,
-    warm_start_note,
     write_report,
 )
 
@@ -269,11 +269,12 @@ def test_the_report_says_when_a_budget_is_worse_than_the_warm_start(grid, tmp_pa
 
 
 def test_compact_table_fits_a_terminal(grid) -> None:
-    text = compact_table(table2(grid), width=100)
+    shown = display_headers(format_table(table2(grid)))
+    text = compact_table(shown, width=100)
     lines = text.splitlines()
     assert lines[0].split() == ["Method", "PPL", "tiny-s", "PPL", "tiny-m", "MAC", "×",
                                 "Measured", "×", "Param", "red.", "Compute"]  # fmt: skip
     assert max(map(len, lines)) <= 100 and len(lines) == 2 + 6
-    narrow = compact_table(table2(grid), width=60)
+    narrow = compact_table(shown, width=60)
     assert max(map(len, narrow.splitlines())) <= 60 and "Compute" not in narrow
-    assert compact_table(table2(grid), width=20) == ""  # not even the perplexities fit
+    assert compact_table(shown, width=20) == ""  # not even the perplexities fit
