@@ -9,8 +9,8 @@ largest), then pick the deployment form from the final retention ``alpha``:
 
 with ``A' = A[kept]``, ``B' = scale * B[:, kept] * g[kept]`` and
 ``k = min(k_max, max(1, ceil(k_max * alpha / tau_svd)))``. The result holds only
-``nn.Linear`` and :class:`~bl_core.modules.LowRankLinear`, and is saved as
-safetensors + a JSON manifest that reloads without gates or controller.
+``nn.Linear`` and :class:`~bl_core.modules.LowRankLinear`, and is saved as a Hugging
+Face model directory (:mod:`bl_core.export`) that reloads without gates or controller.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +29,7 @@ from transformers import PreTrainedModel
 from bl_core.config import CompressionConfig
 from bl_core.costs import compression_summary
 from bl_core.errors import InputError
-from bl_core.io import atomic_directory, atomic_write_json
 from bl_core.modules import GatedLoRALinear, LowRankLinear
-from bl_core.weights import assign_weights, empty_model, save_weights
 
 MANIFEST_NAME = "bl_manifest.json"
 MANIFEST_FORMAT = "budgeted-lora-compressed"
@@ -180,23 +178,13 @@ def save_compressed(
     overwrite: bool = False,
     tokenizer: Any | None = None,
 ) -> Path:
-    """Write ``config.json``, ``model.safetensors``, the manifest and (optionally) the
-    tokenizer, atomically: the directory appears complete or not at all."""
-    out_dir = Path(out_dir)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        model.config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        save_weights(model, tmp / WEIGHTS_NAME)  # tied embeddings once
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "version": 1,
-            "summary": compression_summary(plans, lora_rank),
-            "modules": [asdict(p) | {"rank": p.rank} for p in plans],
-            **(extra or {}),
-        }
-        atomic_write_json(tmp / MANIFEST_NAME, manifest)
-    return out_dir
+    """Write the compressed student as a Hugging Face model directory (config.json with
+    each module's form and rank, safetensors, modeling code, model card, manifest and,
+    optionally, the tokenizer), atomically: see :mod:`bl_core.export`."""
+    from bl_core.export import build_manifest, save_export  # export builds on this module
+
+    manifest = build_manifest(plans, compression_summary(plans, lora_rank), extra)
+    return save_export(model, plans, out_dir, manifest, tokenizer, overwrite=overwrite)
 
 
 def is_compressed_dir(path: str | Path) -> bool:
@@ -228,17 +216,11 @@ def plans_from_manifest(manifest: dict[str, Any]) -> list[ModulePlan]:
 
 
 def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> PreTrainedModel:
-    """Rebuild a compressed student from its directory. Never unpickles anything."""
+    """Rebuild a compressed student from its directory through the transformers Auto classes
+    (the exported classes, no remote code); directories of the earlier format too. Never
+    unpickles anything."""
+    from bl_core.export import is_legacy_dir, load_export, load_legacy
+
     path = Path(path)
-    manifest = read_manifest(path)
-    model = empty_model(path)
-    for entry in manifest["modules"]:
-        parent_name, _, child = entry["name"].rpartition(".")
-        if entry["form"] == "keep":
-            module = nn.Linear(entry["d_in"], entry["d_out"], bias=entry["bias"], device="meta")
-        else:
-            module = LowRankLinear(
-                entry["d_in"], entry["d_out"], entry["rank"], bias=entry["bias"], device="meta"
-            )
-        setattr(model.get_submodule(parent_name), child, module)
-    return assign_weights(model, path / WEIGHTS_NAME, device)
+    model = load_legacy(path) if is_legacy_dir(path) else load_export(path)
+    return model.to(device).eval()

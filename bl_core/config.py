@@ -110,11 +110,38 @@ class CompressionConfig(_Section):
 
 
 class KDConfig(_Section):
-    """Distillation objective (DESIGN §6): L = kd_weight * T^2 KL + (1 - kd_weight) CE."""
+    """Distillation objective (DESIGN §6): L = kd_weight * T^2 KL + (1 - kd_weight) CE.
+
+    ``teacher_outputs`` (DESIGN §6a): ``online`` runs the teacher in every cell's every
+    step; ``shared`` computes them once per teacher for all of its cells — exactly, by
+    training the cells in lockstep on one teacher forward per batch (``teacher_top_k``
+    unset), or approximately from a store of the teacher's top-k logits per position
+    (``teacher_top_k = k``; the KD term is then the KL over the k tokens and one tail).
+    """
 
     temperature: float = Field(3.0, gt=0)
     kd_weight: float = Field(0.8, ge=0, le=1)
     chunk_size: int = Field(4096, ge=1)
+    teacher_outputs: Literal["online", "shared"] = "shared"
+    teacher_top_k: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _top_k_needs_shared(self) -> KDConfig:
+        if self.teacher_top_k is not None and self.teacher_outputs != "shared":
+            raise ValueError(
+                f"teacher_top_k={self.teacher_top_k} needs teacher_outputs='shared' (a store "
+                f"of top-k outputs); got teacher_outputs={self.teacher_outputs!r}"
+            )
+        return self
+
+    @property
+    def teacher_outputs_form(self) -> str:
+        """How the cells get the teacher's outputs, as recorded with every result."""
+        if self.teacher_outputs == "online":
+            return "online"
+        if self.teacher_top_k is None:
+            return "shared (exact, lockstep cohort)"
+        return f"shared (sparse top-{self.teacher_top_k} store)"
 
 
 class CorpusConfig(_Section):
@@ -204,6 +231,18 @@ class TrainConfig(_Section):
     num_processes: int = Field(1, ge=1)
 
 
+class PretrainConfig(TrainConfig):
+    """Teacher pretraining (embedded ladders): a :class:`TrainConfig` plus the copy-snippet
+    curriculum of DESIGN §1a (``bl_core.curriculum``). ``curriculum_span``: the span length
+    ``L``; ``curriculum_mix``: the initial share ``m0`` of snippet tokens, annealed
+    linearly to 0 over pretraining. Defaults as published for the Bi-Induct teachers."""
+
+    learning_rate: float = Field(1e-3, gt=0)
+    curriculum: Literal["natural", "induction", "anti", "balanced"] = "natural"
+    curriculum_span: int = Field(20, ge=1)
+    curriculum_mix: float = Field(0.5, ge=0, le=1)
+
+
 class ModelArchConfig(_Section):
     """A Mistral-style architecture (pre-norm, RoPE, SwiGLU, GQA) to pretrain from scratch."""
 
@@ -228,11 +267,14 @@ class ModelArchConfig(_Section):
 
 
 class TeacherConfig(_Section):
-    """A rung of the teacher ladder: a local checkpoint (``path``) or an architecture
-    pretrained from scratch on the corpus (``arch``), exactly one of the two."""
+    """A rung of the teacher ladder: a checkpoint (``path``: a local directory or a Hugging
+    Face Hub id ``org/name``, at ``revision`` if given) or an architecture pretrained from
+    scratch on the corpus (``arch``), exactly one of the two. Checkpoints are loaded with
+    ``from_pretrained`` and never run remote code."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     path: str | None = None
+    revision: str | None = Field(None, min_length=1)
     arch: ModelArchConfig | None = None
     pretrain_tokens: int | None = Field(None, ge=1)
 
@@ -240,6 +282,8 @@ class TeacherConfig(_Section):
     def _one_source(self) -> TeacherConfig:
         if (self.path is None) == (self.arch is None):
             raise ValueError(f"teacher {self.name!r} needs exactly one of path or arch")
+        if self.revision is not None and self.path is None:
+            raise ValueError(f"teacher {self.name!r}: revision applies to a Hub id path only")
         return self
 
 
@@ -301,7 +345,7 @@ class BudgetedLoRAConfig(_Section):
     perplexity: PerplexityConfig = PerplexityConfig()
     icl: ICLConfig = ICLConfig()
     train: TrainConfig = TrainConfig()
-    pretrain: TrainConfig = TrainConfig(learning_rate=1e-3)
+    pretrain: PretrainConfig = PretrainConfig()
     teachers: tuple[TeacherConfig, ...] = ()
     grid: GridConfig = GridConfig()
     speed: SpeedConfig = SpeedConfig()

@@ -19,6 +19,7 @@ from pathlib import Path
 from bl_core.config import BudgetedLoRAConfig
 from bl_core.corpus import build_corpus_source
 from bl_core.errors import InputError
+from bl_core.hub import resolve_model_dir
 from bl_core.packing import pack_documents, read_packed_meta
 from bl_core.split import iter_slice_texts, load_split, split_corpus
 from bl_core.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -55,12 +56,13 @@ def data_key(cfg: BudgetedLoRAConfig, tokenizer_path: str | None = None) -> str:
 
 def resolve_tokenizer_path(cfg: BudgetedLoRAConfig) -> str | None:
     """The ladder's own tokenizer: ``tokenizer.path``, else the first checkpoint teacher's
-    directory; ``None`` means train a BPE on the corpus (embedded ladder)."""
+    directory (a Hub id's snapshot at its revision); ``None`` means train a BPE on the
+    corpus (embedded ladder)."""
     if cfg.tokenizer.path:
         return cfg.tokenizer.path
     for teacher in cfg.teachers:
         if teacher.path:
-            return teacher.path
+            return resolve_model_dir(teacher.path, teacher.revision, f"teacher {teacher.name!r}")
     return None
 
 

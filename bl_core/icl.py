@@ -10,6 +10,10 @@ never including the query item. Queries are the same for every seed, so the spre
 over seeds measures the sampled demonstrations only (Appendix F.1). The model
 continues greedily; an answer is correct when the stripped first line of the
 continuation equals the expected output exactly (case-sensitive).
+
+Every task is reported next to its trivial baseline (:func:`trivial_baselines`: the better
+of a constant answer and a random pick from the input's list), and the composite next to
+their mean: accuracy at the baseline is no evidence of in-context learning.
 """
 
 from __future__ import annotations
@@ -205,6 +209,25 @@ def _summary(per_seed: list[float]) -> dict[str, Any]:
     }
 
 
+def trivial_baselines(queries: Sequence[ProbeItem]) -> dict[str, float]:
+    """What answering without in-context inference scores on these queries:
+
+    - ``constant``: always giving the most frequent expected answer (its share);
+    - ``chance``: picking one of the input's comma-separated items at random when the
+      answer is one of them (list tasks: ``1/k``), else 0.
+    """
+    counts: dict[str, int] = {}
+    for item in queries:
+        counts[item.output] = counts.get(item.output, 0) + 1
+    chance = 0.0
+    for item in queries:
+        parts = [p.strip() for p in item.input.split(",")]
+        if len(parts) > 1 and item.output.strip() in parts:
+            chance += 1.0 / len(parts)
+    n = max(len(queries), 1)
+    return {"constant": max(counts.values(), default=0) / n, "chance": chance / n}
+
+
 def _score_task(
     task_prompts: dict[int, list[tuple[str, ProbeItem]]], texts: dict[int, list[str]]
 ) -> dict[str, Any]:
@@ -220,7 +243,14 @@ def _score_task(
         {"input": item.input, "expected": item.output, "generated": text}
         for text, (_, item) in list(zip(texts[seed], pairs, strict=True))[:NUM_EXAMPLES_KEPT]
     ]
-    return {**_summary(per_seed), "num_items": len(pairs), "examples": examples}
+    baselines = trivial_baselines([item for _, item in pairs])
+    return {
+        **_summary(per_seed),
+        "num_items": len(pairs),
+        "baseline": max(baselines.values()),
+        "baselines": baselines,
+        "examples": examples,
+    }
 
 
 def _generate_all(
@@ -290,7 +320,8 @@ def run_icl_suite(
     return {
         "tasks": tasks,
         # The mean over seeds of per-seed composites equals the macro mean of task means.
-        "composite": _summary(composite),
+        "composite": _summary(composite)
+        | {"baseline": statistics.fmean(t["baseline"] for t in tasks.values())},
         "num_shots": cfg.num_shots,
         "seeds": list(cfg.seeds),
         "items_per_task": cfg.items_per_task,

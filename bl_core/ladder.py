@@ -13,9 +13,10 @@ from transformers import AutoModelForCausalLM, MistralConfig, PreTrainedModel
 from bl_core.config import BudgetedLoRAConfig, ModelArchConfig, TeacherConfig
 from bl_core.data import DataArtifacts
 from bl_core.errors import ConfigError, InputError
+from bl_core.hub import resolve_model_dir
 from bl_core.packing import PackedDataset
 from bl_core.student import build_student, load_model_config, load_pretrained
-from bl_core.tokenizer import check_shared_vocabulary, load_tokenizer
+from bl_core.tokenizer import check_shared_vocabulary, load_tokenizer, separator_id
 from bl_core.tracking import MetricsLogger
 from bl_core.training import read_summary, train
 
@@ -52,16 +53,18 @@ def prepare_teacher(
 ) -> dict[str, Any]:
     """Return ``{"name", "model_dir", "num_layers", "num_params", ...}`` for one rung.
 
-    A checkpoint teacher is checked (config, shared vocabulary) and used in place; an
-    ``arch`` teacher is pretrained into ``run_dir/final`` (resumable, not redone).
+    A checkpoint teacher (a directory, or a Hub id resolved to its local snapshot) is checked
+    (config, shared vocabulary) and used in place; an ``arch`` teacher is pretrained into
+    ``run_dir/final`` (resumable, not redone).
     """
     if teacher.path:
-        config = load_model_config(teacher.path)
+        model_dir = resolve_model_dir(teacher.path, teacher.revision, f"teacher {teacher.name!r}")
+        config = load_model_config(model_dir)
         check_shared_vocabulary(
-            [load_tokenizer(teacher.path), load_tokenizer(data.tokenizer_dir)],
+            [load_tokenizer(model_dir), load_tokenizer(data.tokenizer_dir)],
             [teacher.path, data.tokenizer_dir],
         )
-        return _describe(teacher.name, teacher.path, config, {})
+        return _describe(teacher.name, model_dir, config, {})
     run_dir = Path(run_dir)
     tokenizer = load_tokenizer(data.tokenizer_dir)
     config = arch_to_config(
@@ -82,6 +85,7 @@ def prepare_teacher(
             vocab_size=len(tokenizer),
             train_cfg=tc,
             logger=logger,
+            separator_id=separator_id(tokenizer) if tc.curriculum != "natural" else None,
             progress_label=f"{teacher.name} pretrain",
         )
     final = run_dir / "final"

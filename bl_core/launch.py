@@ -26,38 +26,82 @@ SPEC_NAME = "launch_spec.json"
 
 
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one student from a JSON spec (called in every process)."""
+    """Train one student (or, with ``"cohort"``, a lockstep cohort) from a JSON spec
+    (called in every process)."""
     from bl_core.ladder import scratch_student
     from bl_core.packing import PackedDataset
     from bl_core.student import load_pretrained
+    from bl_core.teacher_outputs import StoredTeacher
     from bl_core.training import train
 
+    if "cohort" in spec:
+        return _run_cohort(spec)
     cfg = config_from_dict(spec["sections"])
     if spec["method"] == "pretrain":
         student = scratch_student(spec["student_dir"], cfg.train.seed)
     else:
         student = load_pretrained(spec["student_dir"])
-    teacher = load_pretrained(spec["teacher_dir"]) if spec.get("teacher_dir") else None
+    outputs = None
+    if spec.get("teacher_store"):  # each rank reads its own shard's rows of the store
+        outputs = StoredTeacher(spec["teacher_store"], cfg.kd.temperature, spec["vocab_size"])
+    teacher_dir = None if outputs is not None else spec.get("teacher_dir")
     return train(
         student,
-        teacher,
+        load_pretrained(teacher_dir) if teacher_dir else None,
         spec["method"],
         PackedDataset(spec["train_dir"]),
         cfg,
         spec["run_dir"],
         vocab_size=spec["vocab_size"],
+        outputs=outputs,
     )
+
+
+def _run_cohort(spec: dict[str, Any]) -> dict[str, Any]:
+    from accelerate import PartialState
+
+    from bl_core.cohort import CohortMember, train_cohort
+    from bl_core.packing import PackedDataset
+    from bl_core.student import load_pretrained
+
+    members = [
+        CohortMember(
+            m["label"],
+            load_pretrained(m["student_dir"]),
+            m["method"],
+            config_from_dict(m["sections"]),
+            Path(m["run_dir"]),
+        )
+        for m in spec["cohort"]
+    ]
+    results, counts = train_cohort(
+        members,
+        load_pretrained(spec["teacher_dir"]),
+        PackedDataset(spec["train_dir"]),
+        vocab_size=spec["vocab_size"],
+    )
+    status = {
+        label: "ok" if isinstance(r, dict) else f"{type(r).__name__}: {r}"
+        for label, r in results.items()
+    }
+    result = {"cells": status, **counts}
+    if PartialState().is_main_process:
+        atomic_write_json(Path(spec["result_path"]), result)
+    return result
 
 
 def launch(spec: dict[str, Any], num_processes: int, timeout_s: float | None = None) -> dict:
     """Run :func:`run_spec` in ``num_processes`` processes; return the run's summary."""
     from bl_core.training import TrainingError, read_summary
 
-    run_dir = Path(spec["run_dir"])
-    done = read_summary(run_dir)
+    cohort = "cohort" in spec
+    run_dir = Path(spec["cohort"][0]["run_dir"]).parent if cohort else Path(spec["run_dir"])
+    done = None if cohort else read_summary(run_dir)
     if done is not None:
         return done
-    spec_path = run_dir / SPEC_NAME
+    spec_path = run_dir / (f"cohort-{os.getpid()}-{SPEC_NAME}" if cohort else SPEC_NAME)
+    if cohort:
+        spec = spec | {"result_path": str(spec_path.with_suffix(".result.json"))}
     atomic_write_json(spec_path, spec)
     env = dict(os.environ)
     if not _cuda_available():
@@ -73,12 +117,19 @@ def launch(spec: dict[str, Any], num_processes: int, timeout_s: float | None = N
         str(spec_path),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    what = "a cohort" if cohort else repr(spec["method"])
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout)[-3000:]
         raise TrainingError(
-            f"{num_processes}-process training of {spec['method']!r} in {run_dir} failed "
+            f"{num_processes}-process training of {what} in {run_dir} failed "
             f"(exit {proc.returncode}):\n{tail}"
         )
+    if cohort:
+        result_path = Path(spec["result_path"])
+        result = json.loads(result_path.read_text())
+        result_path.unlink()
+        spec_path.unlink(missing_ok=True)
+        return result
     summary = read_summary(run_dir)
     if summary is None:
         raise TrainingError(f"{num_processes}-process training wrote no summary in {run_dir}")

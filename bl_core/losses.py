@@ -21,6 +21,17 @@ so backward is a single scaling. Compared with autograd through ``log_softmax`` 
 ``positions x vocab`` tensors, keeps only one of them (the gradient, in the logits'
 dtype) alive between forward and backward, and never copies the logits to select the
 counted positions: chunks are views, and padded rows are zeroed instead.
+
+Sparse teacher outputs (DESIGN §6a; :class:`~bl_core.teacher_outputs.SparseLogits`): per
+position the teacher's ``k`` largest logits ``z_t,K`` and its log-normaliser
+``log Z_T = log sum_v exp(z_t,v / T)``. Partition the vocabulary into the ``k`` stored
+tokens and one tail bucket; with ``q = exp(z_t,K / T - log Z_T)``, ``q_tail = 1 - sum q``,
+``p = softmax(z_s / T)`` and ``p_tail = sum_{v not in K} p_v``:
+
+    KL_K = sum_{j in K} q_j log(q_j / p_j) + q_tail log(q_tail / p_tail)
+    dL_KD/dz_s,v = T (p_v - target_v),  target = q on K,  p_v q_tail / p_tail on the tail
+
+(the dense gradient with the teacher's tail mass spread like the student's own).
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bl_core.errors import InputError
+from bl_core.teacher_outputs import SparseLogits
 
 
 @dataclass
@@ -60,23 +72,57 @@ def shift_for_next_token(
     return targets, mask
 
 
-def check_vocab(student_logits: Tensor, teacher_logits: Tensor | None, vocab_size: int) -> None:
+def check_vocab(
+    student_logits: Tensor, teacher_logits: Tensor | SparseLogits | None, vocab_size: int
+) -> None:
     """Both sides must cover the shared tokenizer's ``vocab_size`` entries."""
     if student_logits.shape[-1] < vocab_size:
         raise InputError(
             f"student logits have {student_logits.shape[-1]} entries, fewer than the "
             f"tokenizer's vocabulary of {vocab_size}"
         )
-    if teacher_logits is not None and teacher_logits.shape[-1] < vocab_size:
+    if isinstance(teacher_logits, Tensor) and teacher_logits.shape[-1] < vocab_size:
         raise InputError(
             f"teacher logits have {teacher_logits.shape[-1]} entries, fewer than the "
             f"tokenizer's vocabulary of {vocab_size}"
         )
 
 
+def _teacher_terms(
+    log_q_s: Tensor, teacher: Tensor | SparseLogits, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """``(KL rows (N,), target (N, V))``: the KL of the teacher's distribution at
+    temperature T from the student's, and the distribution whose difference from the
+    student's, ``softmax(z_s / T) - target``, is ``T * dKL/dz_s``.
+
+    Dense: the target is ``softmax(z_t / T)``. Sparse top-k (DESIGN §6a): the KL over the k
+    stored tokens and one tail bucket, the student aggregated over the same partition; the
+    target is the teacher's probability on the k tokens and, on the tail, the teacher's tail
+    mass shared in proportion to the student's own probabilities.
+    """
+    if not isinstance(teacher, SparseLogits):
+        log_q_t = F.log_softmax(teacher.to(log_q_s.dtype) / temperature, dim=-1)
+        q_t = log_q_t.exp()
+        return log_q_t.sub_(log_q_s).mul_(q_t).sum(-1), q_t
+    ids = teacher.token_ids  # (N, k)
+    log_qt_top = teacher.values.to(log_q_s.dtype) / temperature - teacher.log_norm[:, None]
+    qt_top = log_qt_top.exp()  # (N, k)
+    qt_tail = (1.0 - qt_top.sum(-1)).clamp_(min=0.0)  # (N,): the teacher's remaining mass
+    log_qs_top = log_q_s.gather(-1, ids)  # (N, k)
+    log_qs_tail = torch.logsumexp(log_q_s.scatter(-1, ids, -torch.inf), dim=-1)  # (N,)
+    # No tail when every token is stored (k = V): the student's tail is then empty (-inf)
+    # and the teacher's is float residue.
+    has_tail = (qt_tail > 0) & torch.isfinite(log_qs_tail)
+    tail_kl = torch.where(has_tail, qt_tail * (qt_tail.log() - log_qs_tail), 0.0)
+    kl_rows = (qt_top * (log_qt_top - log_qs_top)).sum(-1) + tail_kl
+    share = torch.where(has_tail, qt_tail * torch.exp(-log_qs_tail), 0.0)  # q_tail / p_tail
+    target = log_q_s.exp().mul_(share[:, None]).scatter_(-1, ids, qt_top)
+    return kl_rows, target
+
+
 def _chunk(
     student: Tensor,
-    teacher: Tensor | None,
+    teacher: Tensor | SparseLogits | None,
     targets: Tensor,
     counted: Tensor | None,
     temperature: float,
@@ -84,18 +130,17 @@ def _chunk(
     grad_out: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Summed ``T^2 KL`` and summed CE over one chunk of positions; with ``grad_out``
-    the chunk's unnormalised gradient is written there. Shapes: student/teacher (N, V),
-    targets/counted (N,), grad_out (N, V)."""
+    the chunk's unnormalised gradient is written there. Shapes: student/teacher (N, V)
+    (or a sparse teacher's (N, k) rows), targets/counted (N,), grad_out (N, V)."""
     dtype = torch.promote_types(student.dtype, torch.float32)  # float64 stays float64
     z_s = student.to(dtype)  # (N, V); never written in place (may be the logits' view)
     log_p_s = F.log_softmax(z_s, dim=-1)  # (N, V)
     ce_rows = -log_p_s.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-    kl_rows = None
+    kl_rows = q_t = None
     if teacher is not None:
         log_q_s = F.log_softmax(z_s / temperature, dim=-1)  # student at temperature T
-        log_q_t = F.log_softmax(teacher.to(dtype) / temperature, dim=-1)
-        q_t = log_q_t.exp()
-        kl_rows = log_q_t.sub_(log_q_s).mul_(q_t).sum(-1) * temperature**2  # (N,)
+        kl_rows, q_t = _teacher_terms(log_q_s, teacher, temperature)
+        kl_rows = kl_rows * temperature**2  # (N,)
     if counted is not None:  # padding: zero rows instead of copying the counted ones
         # (masked_fill, not a product: padded logits may be inf/NaN and must not leak)
         ce_rows = ce_rows.masked_fill(~counted, 0.0)
@@ -107,7 +152,7 @@ def _chunk(
             ce_grad.scatter_add_(-1, targets[:, None], ce_grad.new_full((len(ce_grad), 1), -1.0))
         if teacher is None:
             grad = ce_grad
-        else:  # KD part: T (softmax(z_s / T) - softmax(z_t / T)), weighted
+        else:  # KD part: T (softmax(z_s / T) - target), weighted
             grad = log_q_s.exp_().sub_(q_t).mul_(kd_weight * temperature)
             if kd_weight < 1.0:
                 grad.add_(ce_grad, alpha=1.0 - kd_weight)
@@ -124,7 +169,7 @@ class _FusedDistillation(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         student_logits: Tensor,  # (B, T, V*)
-        teacher_logits: Tensor | None,  # (B, T, V**)
+        teacher_logits: Tensor | SparseLogits | None,  # (B, T, V**) or sparse (B, T-1, k)
         targets: Tensor,  # (B, T-1), already safe to index (no -100)
         counted: Tensor | None,  # (B, T-1) bool; None = every position counts
         num_positions: Tensor,  # () n, at least 1
@@ -148,9 +193,13 @@ class _FusedDistillation(torch.autograd.Function):
             for b in range(batch):
                 for start in range(0, seq - 1, chunk_size):
                     rows = slice(start, min(start + chunk_size, seq - 1))
+                    if teacher_logits is None or isinstance(teacher_logits, SparseLogits):
+                        teacher = None if teacher_logits is None else teacher_logits.rows(b, rows)
+                    else:
+                        teacher = teacher_logits[b, rows, :vocab_size]
                     kl, ce = _chunk(
                         student_logits[b, rows, :vocab_size],
-                        None if teacher_logits is None else teacher_logits[b, rows, :vocab_size],
+                        teacher,
                         targets[b, rows],
                         None if counted is None else counted[b, rows],
                         temperature,
@@ -178,7 +227,7 @@ class _FusedDistillation(torch.autograd.Function):
 
 def distillation_loss(
     student_logits: Tensor,
-    teacher_logits: Tensor | None,
+    teacher_logits: Tensor | SparseLogits | None,
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     *,
@@ -212,7 +261,7 @@ def distillation_loss(
         targets = targets.masked_fill(~mask, 0)  # any valid index; its row weighs 0
     total, kd, ce = _FusedDistillation.apply(
         student_logits,
-        None if teacher_logits is None else teacher_logits.detach(),
+        teacher_logits.detach() if isinstance(teacher_logits, Tensor) else teacher_logits,
         targets,
         counted,
         num_positions.clamp(min=1),

@@ -16,6 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# The deployed low-rank operator is defined once, in the standalone modeling code that every
+# exported student ships (transformers-only imports), and used from there by the project.
+from bl_core.hf.modeling_budgeted_lora import LowRankLinear  # noqa: F401
+
 
 def _zeroed_copy(x: Tensor, positions: Tensor) -> Tensor:
     """A contiguous copy of ``x`` with the elements at flat ``positions`` set to 0."""
@@ -248,36 +252,3 @@ class GatedLoRALinear(nn.Module):
             f"rank={self.rank}, scale={self.scale:g}, gated={self.gate_logits is not None}, "
             f"retention={self._retention_value:g}"
         )
-
-
-class LowRankLinear(nn.Module):
-    """Two stacked linears ``d_in -> rank -> d_out``: the drop and svd forms of DESIGN §5.
-
-    Weights: ``down.weight`` (rank, d_in), ``up.weight`` (d_out, rank), optional
-    ``up.bias`` (d_out,). Contains no gates, no retention, no controller.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        rank: int,
-        bias: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
-        self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
-
-    def dense_weight(self) -> Tensor:
-        """The dense equivalent ``up @ down`` (for inspection; forward never builds it)."""
-        return self.up.weight @ self.down.weight
-
-    def forward(self, x: Tensor) -> Tensor:  # (..., d_in) -> (..., d_out)
-        # F.linear on the weights directly: two GEMMs, no nested module calls.
-        return F.linear(F.linear(x, self.down.weight), self.up.weight, self.up.bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"

@@ -215,23 +215,69 @@ def num_available(name: str) -> int | None:
 
 
 def _list_items(name: str, num_items: int, rng: random.Random) -> list[ProbeItem]:
+    """Distinct random lists; a word is the answer again only once every eval word could
+    have been (the k-th repeat after ``(k - 1) * len(EVAL_WORDS)`` items), within a
+    bounded number of draws, so no answer is much more frequent than another."""
     size, pick = _LIST_RULES[name]
     items: list[ProbeItem] = []
     seen: set[str] = set()
+    answered: dict[str, int] = {}
     while len(items) < num_items:
-        words = rng.sample(EVAL_WORDS, size)
-        text = ", ".join(words)
-        if text not in seen:  # distinct inputs, so a demonstration never equals the query
-            seen.add(text)
-            items.append(ProbeItem(text, pick(words)))
+        allowed = 1 + len(items) // len(EVAL_WORDS)
+        for _ in range(200):
+            words = rng.sample(EVAL_WORDS, size)
+            text, answer = ", ".join(words), pick(words)
+            # distinct inputs, so a demonstration never equals the query
+            if text not in seen and answered.get(answer, 0) < allowed:
+                break
+        if text in seen:
+            continue
+        seen.add(text)
+        answered[answer] = answered.get(answer, 0) + 1
+        items.append(ProbeItem(text, answer))
     return items
 
 
-def generate_task(name: str, num_items: int, seed: int = 0) -> list[ProbeItem]:
-    """``num_items`` distinct items of task ``name``, the same for the same ``seed``.
+# Share of the most frequent answer in the original Function Vectors files (Todd et al.
+# 2024; github.com/ericwtodd/function_vectors, dataset_files/, commit fb9eac7): what a
+# model that always gives one answer scores there. The built-in generators stay at or
+# under these (tests/bl_core/test_probes.py), so a constant guess earns no more here.
+FV_TOP_ANSWER_SHARE: dict[str, float] = {
+    "alphabetically_first_3": 0.008, "alphabetically_first_5": 0.010,
+    "alphabetically_last_3": 0.007, "alphabetically_last_5": 0.011,
+    "capitalize": 0.001, "capitalize_first_letter": 0.084, "capitalize_last_letter": 0.238,
+    "choose_first_of_3": 0.006, "choose_first_of_5": 0.006, "choose_last_of_3": 0.006,
+    "choose_last_of_5": 0.006, "choose_middle_of_3": 0.005, "choose_middle_of_5": 0.007,
+    "lowercase_first_letter": 0.084, "lowercase_last_letter": 0.238,
+    "next_capital_letter": 0.084, "next_item": 0.009, "prev_item": 0.009, "word_length": 0.200,
+}  # fmt: skip
 
-    Finite tasks (word and sequence tasks) hold :func:`num_available` items; asking for
-    more raises :class:`ConfigError`.
+
+def _answer_balanced(pool: Sequence[ProbeItem], rng: random.Random) -> list[ProbeItem]:
+    """All of ``pool`` in round-robin order over the answers (answer order and each
+    answer's items shuffled by ``rng``), so that any prefix spreads its items over the
+    answers as evenly as the pool allows. Sampled uniformly, the eval words would make
+    "6" the answer to 40% of word_length items: a constant guess would score 40%."""
+    buckets: dict[str, list[ProbeItem]] = {}
+    for item in pool:
+        buckets.setdefault(item.output, []).append(item)
+    answers = sorted(buckets)
+    rng.shuffle(answers)
+    for answer in answers:
+        rng.shuffle(buckets[answer])
+    order: list[ProbeItem] = []
+    while len(order) < len(pool):
+        order += [buckets[a].pop() for a in answers if buckets[a]]
+    return order
+
+
+def generate_task(name: str, num_items: int, seed: int = 0) -> list[ProbeItem]:
+    """``num_items`` distinct items of task ``name``, the same for the same ``seed`` (and
+    a prefix of the items for a larger ``num_items``).
+
+    Finite tasks (word and sequence tasks) hold :func:`num_available` items, taken
+    round-robin over their answers (:func:`_answer_balanced`); asking for more raises
+    :class:`ConfigError`. List tasks draw distinct random lists.
     """
     _check_task(name)
     if num_items < 1:
@@ -250,7 +296,7 @@ def generate_task(name: str, num_items: int, seed: int = 0) -> list[ProbeItem]:
             f"task {name!r} has {len(pool)} distinct built-in items; "
             f"num_items={num_items} is too many"
         )
-    return rng.sample(pool, num_items)
+    return _answer_balanced(pool, rng)[:num_items]
 
 
 # --- Function Vectors JSON files ------------------------------------------------------

@@ -57,17 +57,44 @@ def _number_rule(step: int) -> _Task:
     return task
 
 
+def _upper_input_rule(rule: Callable[[str], str]) -> _Task:
+    def task(rng: random.Random, words: Sequence[str]) -> tuple[str, str]:
+        word = rng.choice(words)
+        return word.upper(), rule(word)
+
+    return task
+
+
+def _next_capital(word: str) -> str:
+    return chr((ord(word[0].lower()) - ord("a") + 1) % 26 + ord("A"))
+
+
+# The probes' rule families (bl_core.probes), on the training words, plus a few more
+# (uppercase, reverse, first/last letter, number steps): the teachers learn rules and the
+# habit of telling from the demonstrations which one applies; the probes then ask for a
+# rule on words they never saw.
 SYNTHETIC_TASKS: Mapping[str, _Task] = {
     "uppercase": _word_rule(str.upper),
     "capitalize": _word_rule(str.capitalize),
     "first_letter": _word_rule(lambda w: w[0]),
     "last_letter": _word_rule(lambda w: w[-1]),
+    "capitalize_first_letter": _word_rule(lambda w: w[0].upper()),
+    "capitalize_last_letter": _word_rule(lambda w: w[-1].upper()),
+    "lowercase_first_letter": _upper_input_rule(lambda w: w[0]),
+    "lowercase_last_letter": _upper_input_rule(lambda w: w[-1]),
+    "next_capital_letter": _word_rule(_next_capital),
     "word_length": _word_rule(lambda w: str(len(w))),
     "reverse": _word_rule(lambda w: w[::-1]),
     "choose_first_of_3": _list_rule(3, lambda items: items[0]),
+    "choose_first_of_5": _list_rule(5, lambda items: items[0]),
     "choose_middle_of_3": _list_rule(3, lambda items: items[1]),
+    "choose_middle_of_5": _list_rule(5, lambda items: items[2]),
+    "choose_last_of_3": _list_rule(3, lambda items: items[-1]),
     "choose_last_of_5": _list_rule(5, lambda items: items[-1]),
     "alphabetically_first_3": _list_rule(3, min),
+    "alphabetically_first_5": _list_rule(5, min),
+    "alphabetically_last_3": _list_rule(3, max),
+    "alphabetically_last_5": _list_rule(5, max),
     "next_number": _number_rule(1),
     "prev_number": _number_rule(-1),
 }

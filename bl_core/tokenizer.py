@@ -7,9 +7,9 @@ student distributions token by token, which only means something over one vocabu
 on the training slice; byte-level, so any UTF-8 text round-trips with no unknown token.
 
 Special tokens: ``<|endoftext|>`` (EOS, also BOS; packing puts it after every
-document) and ``<|pad|>``. The result is saved in Hugging Face format
-(``tokenizer.json`` + ``tokenizer_config.json``) and loads with
-``AutoTokenizer.from_pretrained(out_dir)``.
+document), ``<|pad|>`` and ``<|sep|>`` (the pretraining curriculum's separator). The
+result is saved in Hugging Face format (``tokenizer.json`` + ``tokenizer_config.json``)
+and loads with ``AutoTokenizer.from_pretrained(out_dir)``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
-SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
+SEP_TOKEN = "<|sep|>"  # the pretraining curriculum's snippet separator (DESIGN §1a)
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN, SEP_TOKEN)
 _NUM_BYTES = 256  # the byte-level alphabet every vocabulary starts with
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -63,7 +64,7 @@ def train_bpe_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),  # ids 0 and 1
+        special_tokens=list(SPECIAL_TOKENS),  # ids 0, 1 and 2
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -76,6 +77,7 @@ def train_bpe_tokenizer(
         eos_token=EOS_TOKEN,
         bos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
+        sep_token=SEP_TOKEN,
         # Decoding must give back the exact text; the clean-up would turn " ." into ".".
         clean_up_tokenization_spaces=False,
     )
@@ -109,6 +111,17 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         )
     except (OSError, ValueError) as err:  # not found, offline, unreadable files
         raise InputError(f"cannot load tokenizer {str(path)!r}: {err}") from err
+
+
+def separator_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id of the curriculum's separator: ``<|sep|>``, else the tokenizer's own SEP."""
+    token_id = tokenizer.get_vocab().get(SEP_TOKEN, tokenizer.sep_token_id)
+    if token_id is None:
+        raise ConfigError(
+            "pretrain.curriculum needs a separator token: the tokenizer has neither "
+            f"{SEP_TOKEN!r} nor a sep_token (use pretrain.curriculum=natural)"
+        )
+    return int(token_id)
 
 
 def vocabulary_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -33,6 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 from bl_core.config import BudgetedLoRAConfig, Method, TrainConfig
 from bl_core.controller import BudgetController
 from bl_core.costs import dense_cost, lora_cost, train_compute_proxy
+from bl_core.curriculum import apply_curriculum, mix_ratio
 from bl_core.errors import BLError, InputError
 from bl_core.io import atomic_write_json
 from bl_core.losses import distillation_loss
@@ -40,6 +41,7 @@ from bl_core.modules import GatedLoRALinear
 from bl_core.packing import PackedDataset
 from bl_core.sampling import batch_indices
 from bl_core.student import inject_gated_lora, mark_only_lora_trainable
+from bl_core.teacher_outputs import OnlineTeacher, TeacherOutputs
 from bl_core.tracking import FanoutLogger, JsonlLogger, MetricsLogger, NullLogger
 from bl_core.train_state import (
     capture_rng,
@@ -130,10 +132,31 @@ def _precision(mode: str) -> str:
     return mode
 
 
+def place_teacher(teacher: nn.Module, device: torch.device, mixed_precision: str) -> nn.Module:
+    """The teacher frozen in eval mode on ``device``; in bf16 where training runs in bf16."""
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    if device.type == "cuda" and _precision(mixed_precision) == "bf16":
+        teacher = teacher.to(torch.bfloat16)
+    return teacher
+
+
 class _Run:
     """State of one training run; :func:`train` is the public entry point."""
 
-    def __init__(self, student, teacher, method, data, cfg, run_dir, vocab_size, tc, logger):
+    def __init__(
+        self,
+        student,
+        teacher,
+        method,
+        data,
+        cfg,
+        run_dir,
+        vocab_size,
+        tc,
+        logger,
+        outputs=None,
+        separator_id: int | None = None,
+    ):
         self.method, self.data, self.cfg, self.tc = method, data, cfg, tc
         self.run_dir, self.vocab_size = run_dir, vocab_size
         self.logger = logger or NullLogger()
@@ -150,8 +173,16 @@ class _Run:
         # The scheduler stays outside accelerate.prepare: a prepared one steps once per process.
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.total_steps)
         self.model, self.optimizer = self.acc.prepare(student, optimizer)
-        self.teacher = self._teacher(teacher)
+        # Where the teacher's outputs come from (bl_core.teacher_outputs): its forward in
+        # this step, a cohort's shared forward, or a top-k store.
+        self.outputs = outputs if outputs is not None else self._teacher(teacher)
         self.step, self.tokens, self.elapsed, self.teacher_s = 0, 0, 0.0, 0.0
+        self._window = (0.0, 0, 0.0)  # (seconds, tokens, teacher seconds) since the last log
+        # Teacher pretraining's copy-snippet curriculum (DESIGN §1a), where configured.
+        variant = getattr(tc, "curriculum", "natural")
+        if variant != "natural" and separator_id is None:
+            raise InputError(f"pretrain.curriculum={variant!r} needs the separator token's id")
+        self.separator_id = separator_id if variant != "natural" else None
         self.progress_label: str | None = None  # the bar's name; default the method
 
     def _controller(self) -> BudgetController:
@@ -167,15 +198,12 @@ class _Run:
             b.removal_score,
         )
 
-    def _teacher(self, teacher: nn.Module | None) -> nn.Module | None:
+    def _teacher(self, teacher: nn.Module | None) -> OnlineTeacher | None:
         if self.method == "pretrain":
             return None
         if teacher is None:
             raise InputError(f"method {self.method!r} needs a teacher model")
-        teacher = teacher.to(self.acc.device).eval().requires_grad_(False)
-        if self.acc.device.type == "cuda" and _precision(self.tc.mixed_precision) == "bf16":
-            teacher = teacher.to(torch.bfloat16)
-        return teacher
+        return OnlineTeacher(place_teacher(teacher, self.acc.device, self.tc.mixed_precision))
 
     # -- checkpointing -------------------------------------------------------------------
     def resume(self) -> None:
@@ -215,7 +243,7 @@ class _Run:
         self.acc.wait_for_everyone()
 
     # -- one optimizer step --------------------------------------------------------------
-    def _micro_batch(self, micro: int) -> torch.Tensor:
+    def _micro_batch(self, micro: int) -> tuple[list[int], torch.Tensor]:
         t = self.tc
         idx = batch_indices(
             self.step,
@@ -227,7 +255,14 @@ class _Run:
             self.acc.process_index,
             self.acc.num_processes,
         )
-        return torch.stack([self.data[i]["input_ids"] for i in idx]).to(self.acc.device)
+        ids = torch.stack([self.data[i]["input_ids"] for i in idx])
+        if self.separator_id is not None:
+            mix = mix_ratio(self.step / self.total_steps, t.curriculum_mix)
+            seed = (t.seed, self.step, micro, self.acc.process_index)
+            ids = apply_curriculum(
+                ids, t.curriculum, t.curriculum_span, mix, self.separator_id, seed
+            )
+        return idx, ids.to(self.acc.device)
 
     def train_step(self) -> dict[str, float]:
         stats = self.controller.step() if self.controller is not None else {}
@@ -235,13 +270,12 @@ class _Run:
         accum = self.tc.grad_accum_steps
         sums = torch.zeros(3, device=self.acc.device)  # total, kd, ce: summed on device
         for micro in range(accum):
-            ids = self._micro_batch(micro)  # (B, T)
+            idx, ids = self._micro_batch(micro)  # ids: (B, T)
             teacher_logits = None
-            if self.teacher is not None:
-                start = time.perf_counter()
-                with torch.no_grad():
-                    teacher_logits = self.teacher(input_ids=ids).logits
-                self.teacher_s += time.perf_counter() - start
+            if self.outputs is not None:
+                before = self.outputs.seconds
+                teacher_logits = self.outputs.for_batch(idx, ids)
+                self.teacher_s += self.outputs.seconds - before
             sync = micro == accum - 1
             ctx = self.acc.no_sync(self.model) if not sync else _nullcontext()
             with ctx, self.acc.autocast():
@@ -280,8 +314,38 @@ class _Run:
         }
 
     # -- the loop ------------------------------------------------------------------------
-    def run(self, on_step) -> dict[str, Any]:
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def advance(self, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+        """One optimizer step, then logging and checkpointing when they are due."""
         tc = self.tc
+        teacher_before, t0 = self.teacher_s, time.perf_counter()
+        metrics = self.train_step()
+        seconds = time.perf_counter() - t0
+        self.elapsed += seconds
+        # This run's own step time only: in a cohort the other cells' steps come between.
+        window_s, window_tokens, window_teacher = self._window
+        teacher_s = window_teacher + self.teacher_s - teacher_before
+        self._window = (window_s + seconds, window_tokens, teacher_s)
+        if self.step % tc.log_every == 0 or self.done:
+            window_s, start_tokens, window_teacher = self._window
+            tokens = self.tokens - start_tokens
+            metrics["tokens_per_s"] = tokens / max(window_s, 1e-9)
+            metrics["student_tokens_per_s"] = tokens / max(window_s - window_teacher, 1e-9)
+            if self.controller is not None:
+                metrics |= self.controller.module_metrics(self.cfg.compression.tau_rank)
+            if self.acc.is_main_process:
+                self.logger.log_metrics(metrics, self.step)
+            self._window = (0.0, self.tokens, 0.0)
+        if self.step % tc.checkpoint_every == 0 or self.done:
+            self.checkpoint()
+        if on_step is not None:
+            on_step(self.step)
+        return metrics
+
+    def run(self, on_step) -> dict[str, Any]:
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -289,30 +353,12 @@ class _Run:
             unit="step",
             disable=not sys.stderr.isatty() or not self.acc.is_main_process,
         )
-        window_start, window_tokens, window_teacher = time.perf_counter(), self.tokens, 0.0
-        while self.step < self.total_steps:
-            teacher_before = self.teacher_s
-            t0 = time.perf_counter()
-            metrics = self.train_step()
-            self.elapsed += time.perf_counter() - t0
-            window_teacher += self.teacher_s - teacher_before
+        self._window = (0.0, self.tokens, 0.0)
+        while not self.done:
+            metrics = self.advance(on_step)
             bar.update(1)
-            if self.step % tc.log_every == 0 or self.step == self.total_steps:
-                now = time.perf_counter()
-                seconds = max(now - window_start, 1e-9)
-                tokens = self.tokens - window_tokens
-                metrics["tokens_per_s"] = tokens / seconds
-                metrics["student_tokens_per_s"] = tokens / max(seconds - window_teacher, 1e-9)
-                if self.controller is not None:
-                    metrics |= self.controller.module_metrics(self.cfg.compression.tau_rank)
-                if self.acc.is_main_process:
-                    self.logger.log_metrics(metrics, self.step)
+            if "tokens_per_s" in metrics:
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-                window_start, window_tokens, window_teacher = now, self.tokens, 0.0
-            if self.step % tc.checkpoint_every == 0 or self.step == self.total_steps:
-                self.checkpoint()
-            if on_step is not None:
-                on_step(self.step)
         bar.close()
         return self.finish()
 
@@ -385,14 +431,20 @@ def train(
     train_cfg: TrainConfig | None = None,
     logger: MetricsLogger | None = None,
     on_step: Callable[[int], None] | None = None,
+    outputs: TeacherOutputs | None = None,
+    separator_id: int | None = None,
     progress_label: str | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` by ``method``; resume from ``run_dir`` if it has a checkpoint.
 
     A run whose ``summary.json`` exists is finished and is returned, not redone.
     ``train_cfg`` defaults to ``cfg.train`` (use ``cfg.pretrain`` for teachers).
-    ``on_step(step)`` is called after every optimizer step. ``progress_label`` names the
-    terminal progress bar (``tiny-s/budgeted-F0.40/s0 distill``; default the method).
+    ``on_step(step)`` is called after every optimizer step. ``outputs`` replaces the
+    teacher's forward by another source of its outputs (e.g. a top-k store).
+    ``separator_id``: the tokenizer's snippet separator, for a ``train_cfg`` with a
+    pretraining curriculum (:class:`~bl_core.config.PretrainConfig`).
+    ``progress_label`` names the terminal progress bar (``tiny-s/budgeted-F0.40/s0
+    distill``; default the method).
     Writes ``final/`` (the trained student), ``metrics.jsonl``, ``summary.json`` and, for
     ``budgeted``, ``trajectory.json``.
     """
@@ -400,14 +452,47 @@ def train(
     done = read_summary(run_dir)
     if done is not None:
         return done
+    run = start_run(
+        student,
+        teacher,
+        method,
+        data,
+        cfg,
+        run_dir,
+        vocab_size=vocab_size,
+        train_cfg=train_cfg,
+        logger=logger,
+        outputs=outputs,
+        separator_id=separator_id,
+    )
+    run.progress_label = progress_label
+    return run.run(on_step)
+
+
+def start_run(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    method: Method,
+    data: PackedDataset,
+    cfg: BudgetedLoRAConfig,
+    run_dir: Path,
+    *,
+    vocab_size: int,
+    train_cfg: TrainConfig | None = None,
+    logger: MetricsLogger | None = None,
+    outputs: TeacherOutputs | None = None,
+    separator_id: int | None = None,
+) -> _Run:
+    """A run made ready to step (resumed from its last checkpoint, if any); ``outputs``
+    replaces the teacher's own forward (a cohort's shared teacher, a top-k store)."""
     _vocab_check(student, teacher, vocab_size)
     jsonl = JsonlLogger(run_dir / "metrics.jsonl")  # always kept: tracking may be replayed
     logger = jsonl if logger is None else FanoutLogger(jsonl, logger)
+    tc = train_cfg or cfg.train
     run = _Run(
-        student, teacher, method, data, cfg, run_dir, vocab_size, train_cfg or cfg.train, logger
+        student, teacher, method, data, cfg, run_dir, vocab_size, tc, logger, outputs, separator_id
     )
-    run.progress_label = progress_label
     run.resume()
     if run.acc.is_main_process:
         run.logger.log_params({"method": method, "total_steps": run.total_steps})
-    return run.run(on_step)
+    return run

@@ -85,12 +85,17 @@ def assign_weights(
 ) -> PreTrainedModel:
     """Load ``weights_path`` into a (partly) meta-device model; every parameter must be
     filled, except tied ones, which are re-tied."""
-    state = read_weights(weights_path, device)
+    assign_state(model, read_weights(weights_path, device), str(weights_path))
+    return model.to(device).eval()
+
+
+def assign_state(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Assign ``state`` (as :func:`weights_state` gives it) to a (partly) meta-device model:
+    every parameter filled, tied ones re-tied; ``source`` names it in errors."""
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.unexpected_keys:
-        raise InputError(f"{weights_path}: unexpected weights {result.unexpected_keys[:5]}")
+        raise InputError(f"{source}: unexpected weights {result.unexpected_keys[:5]}")
     retie(model, set(state))
     missing = [n for n, p in model.named_parameters(remove_duplicate=False) if p.is_meta]
     if missing:
-        raise InputError(f"{weights_path}: missing weights {missing[:5]}")
-    return model.to(device).eval()
+        raise InputError(f"{source}: missing weights {missing[:5]}")

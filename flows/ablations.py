@@ -25,7 +25,7 @@ from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import apply_overrides
 from bl_core.errors import ConfigError
 from flows import status
-from flows.cells import GridContext, run_cell
+from flows.cells import GridContext, open_cell_run, run_cell, share_teacher_outputs
 from flows.grid import _RUNNER, resolve_grid_config
 from tasks import tracking
 from tasks.aggregate import ablation_report_task
@@ -109,8 +109,7 @@ def ablations(
     try:
         name = teacher or min(ctx.teacher_refs.values(), key=lambda t: t["num_params"])["name"]
         teacher_ref = ctx.teacher_ref(name)
-        rows = []
-        status.get(ctx.grid_id).total_cells = sum(len(SWEEPS[s][2]) for s in sweeps or SWEEPS)
+        planned = []  # (sweep, variant, variant context, spec)
         for sweep in sweeps or list(SWEEPS):
             method, fraction, variants = SWEEPS[sweep]
             for variant, changes in variants.items():
@@ -121,8 +120,16 @@ def ablations(
                     "seed": cfg.pipeline.seeds[0],
                     "label": f"ablation/{sweep}/{variant}",
                 }
-                cell = run_cell(_variant_context(ctx, changes), spec, teacher_ref)
-                rows.append({"sweep": sweep, "variant": variant, **cell})
+                planned.append((sweep, variant, _variant_context(ctx, changes), spec))
+        status.get(ctx.grid_id).total_cells = len(planned)
+        run_ids = {spec["label"]: open_cell_run(v_ctx, spec) for *_, v_ctx, spec in planned}
+        cells = [(v_ctx, spec) for *_, v_ctx, spec in planned]
+        stores = share_teacher_outputs(cells, teacher_ref, run_ids)  # one teacher: DESIGN §6a
+        rows = []
+        for sweep, variant, v_ctx, spec in planned:
+            label = spec["label"]
+            cell = run_cell(v_ctx, spec, teacher_ref, run_ids[label], stores.get(label))
+            rows.append({"sweep": sweep, "variant": variant, **cell})
         report = ablation_report_task(out, [r for r in rows if r["status"] == "ok"])
         failures = [r["label"] for r in rows if r["status"] != "ok"]
         failed = bool(failures)

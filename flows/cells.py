@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.futures import PrefectFuture, wait
 
 from bl_core.config import BudgetedLoRAConfig, config_from_dict
@@ -18,12 +19,13 @@ from tasks import progress, tracking
 from tasks.common import cell_label, configure_stage
 from tasks.compress import compress_task
 from tasks.corpus import split_corpus_task
-from tasks.distill import cell_sections, distill_task, training_sections
+from tasks.distill import cell_config, cohort_task, distill_task, training_sections
 from tasks.icl import icl_task
 from tasks.packing import pack_task, tokenizer_task
 from tasks.perplexity import perplexity_task
 from tasks.speed import speed_task
 from tasks.students import student_task
+from tasks.teacher_outputs import teacher_outputs_task
 from tasks.teachers import teacher_task
 
 # Stages that train or evaluate get retries (a transient OOM, a preempted GPU, ...).
@@ -181,7 +183,7 @@ def cell_params(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     the preset's), the compression it was deployed with, and the cell itself."""
     method = spec["method"]
     sections = training_sections(method, config)
-    params = cell_sections(sections, spec["seed"], spec["final_fraction"], method)
+    params, _ = cell_config(sections, method, spec["final_fraction"], spec["seed"])
     if method in ("kd_lora", "budgeted"):
         params["compression"] = config["compression"]
     params |= {"perplexity": config["perplexity"], "icl": config["icl"]}
@@ -203,17 +205,121 @@ def _collect(stages: dict[str, PrefectFuture | None]) -> tuple[dict[str, Any], l
     return results, errors
 
 
-def run_cell(ctx: GridContext, spec: dict[str, Any], teacher: dict[str, Any] | None) -> dict:
-    """distill -> compress -> perplexity / ICL / speed for one cell, tracked in one run."""
-    c, out, label = ctx.config, ctx.output_dir, spec["label"]
+def open_cell_run(ctx: GridContext, spec: dict[str, Any]) -> str:
+    """The cell's MLflow run (a child of the grid's), with its training config as params."""
     kind = "scratch" if spec["method"] == "pretrain" else "cell"
+    return tracking.open_run(
+        ctx.experiment,
+        spec["label"],
+        ctx.tags(kind=kind, **spec),
+        cell_params(ctx.config, spec),
+        ctx.parent_run_id,
+    )
+
+
+def _training_runs(cells: list[tuple[GridContext, dict[str, Any]]]) -> list[dict[str, int]]:
+    """What a top-k store must cover: each cell's seed and optimizer steps."""
+    reads = []
+    for cell_ctx, spec in cells:
+        t = cell_ctx.cfg.train
+        per_step = t.micro_batch_size * cell_ctx.train_data["seq_len"] * t.grad_accum_steps
+        steps = max(1, t.total_tokens // (per_step * t.num_processes))
+        reads.append(
+            {
+                "seed": spec["seed"],
+                "steps": steps,
+                "micro_batch_size": t.micro_batch_size,
+                "grad_accum_steps": t.grad_accum_steps,
+                "world_size": t.num_processes,
+            }
+        )
+    return [dict(r) for r in {tuple(sorted(r.items())): r for r in reads}.values()]
+
+
+def share_teacher_outputs(
+    cells: list[tuple[GridContext, dict[str, Any]]], teacher: dict[str, Any], run_ids: dict
+) -> dict[str, dict[str, Any]]:
+    """DESIGN §6a for the distillation cells of one teacher (``kd.teacher_outputs``).
+
+    ``shared`` cells train in one lockstep cohort on one teacher forward per batch (each
+    cell's distill task then finds its finished run); with ``kd.teacher_top_k`` a top-k
+    store is written once per (k, T) instead. Returns label -> store reference for the
+    cells that read a store."""
+    shared = [
+        (cell_ctx, spec)
+        for cell_ctx, spec in cells
+        if spec["method"] != "pretrain" and cell_ctx.cfg.kd.teacher_outputs == "shared"
+    ]
+    exact = [(c, s) for c, s in shared if c.cfg.kd.teacher_top_k is None]
+    stores: dict[str, dict[str, Any]] = {}
+    groups: dict[tuple[int, float], list[tuple[GridContext, dict[str, Any]]]] = {}
+    for cell_ctx, spec in shared:
+        kd = cell_ctx.cfg.kd
+        if kd.teacher_top_k is not None:
+            groups.setdefault((kd.teacher_top_k, kd.temperature), []).append((cell_ctx, spec))
+    for group in groups.values():
+        ctx = group[0][0]
+        store_task = configure_stage(
+            teacher_outputs_task, ctx.output_dir, "teacher-outputs" in ctx.force
+        )
+        t = ctx.cfg.train
+        store = store_task(
+            ctx.output_dir,
+            teacher,
+            ctx.train_data,
+            ctx.tokenizer,
+            ctx.config["kd"],
+            _training_runs(group),
+            batch_size=t.micro_batch_size,
+            mixed_precision=t.mixed_precision,
+        )
+        stores |= {spec["label"]: store for _, spec in group}
+    if exact:
+        _run_cohort(exact, teacher, run_ids)
+    return stores
+
+
+def _run_cohort(
+    cells: list[tuple[GridContext, dict[str, Any]]], teacher: dict[str, Any], run_ids: dict
+) -> None:
+    ctx = cells[0][0]
+    status.log(
+        ctx.grid_id,
+        f"distill-cohort: {len(cells)} cells of {teacher['name']} train together, one teacher "
+        "forward per batch ...",
+    )
+    members = [
+        {
+            **spec,
+            "sections": training_sections(spec["method"], cell_ctx.config),
+            "student": cell_ctx.student_ref,
+            "mlflow_run_id": run_ids.get(spec["label"]),
+        }
+        for cell_ctx, spec in cells
+    ]
+    try:  # not cached by Prefect: it skips finished cells by their artifacts
+        cohort_task(ctx.output_dir, teacher, members, ctx.train_data, ctx.tokenizer)
+    except Exception as err:  # noqa: BLE001 - the cells then train on their own
+        get_run_logger().warning("distill-cohort of %s failed (%r)", teacher["name"], err)
+
+
+def run_cell(
+    ctx: GridContext,
+    spec: dict[str, Any],
+    teacher: dict[str, Any] | None,
+    run_id: str | None = None,
+    teacher_store: dict[str, Any] | None = None,
+    evaluations: tuple[str, ...] = ("perplexity", "icl", "speed"),
+) -> dict:
+    """distill -> compress -> perplexity / ICL / speed for one cell, tracked in one run
+    (``run_id``: opened by :func:`open_cell_run` beforehand, else here; ``evaluations``:
+    which of the three to run)."""
+    c, out, label = ctx.config, ctx.output_dir, spec["label"]
     sections = training_sections(spec["method"], c)
     grid = status.get(ctx.grid_id)
     if grid is not None:
         grid.cell_started(label)
-    run_id = tracking.open_run(
-        ctx.experiment, label, ctx.tags(kind=kind, **spec), cell_params(c, spec), ctx.parent_run_id
-    )
+    run_id = run_id or open_cell_run(ctx, spec)
     cell = {**spec, "status": "failed", "mlflow_run_id": run_id}
     try:
         trained = ctx.task(distill_task).submit(
@@ -228,6 +334,7 @@ def run_cell(ctx: GridContext, spec: dict[str, Any], teacher: dict[str, Any] | N
             ctx.train_data,
             ctx.tokenizer,
             mlflow_run_id=run_id,
+            teacher_store=teacher_store,
         )
         compressed = None
         if spec["method"] in ("kd_lora", "budgeted"):
@@ -246,10 +353,14 @@ def run_cell(ctx: GridContext, spec: dict[str, Any], teacher: dict[str, Any] | N
             "compress": compressed,
             "perplexity": ctx.task(perplexity_task).submit(
                 out, label, model, ctx.val_data, c["perplexity"]
-            ),
-            "icl": ctx.task(icl_task).submit(out, label, model, ctx.tokenizer, c["icl"]),
+            )
+            if "perplexity" in evaluations
+            else None,
+            "icl": ctx.task(icl_task).submit(out, label, model, ctx.tokenizer, c["icl"])
+            if "icl" in evaluations
+            else None,
             "speed": None
-            if compressed is None
+            if compressed is None or "speed" not in evaluations
             else ctx.task(speed_task).submit(
                 out, label, compressed, ctx.student_ref, c["speed"], c["packing"]["seq_len"]
             ),

@@ -18,6 +18,7 @@ STAGES = (
     "pack-tokens",
     "prepare-teacher",
     "build-student",
+    "teacher-outputs",
     "distill",
     "compress",
     "evaluate-perplexity",
@@ -120,12 +121,55 @@ def print_summary(result: dict, out: Path, width: int = 100) -> None:
         )
 
 
+def add_scaling_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "scaling",
+        help="token-scaling study: Budgeted / KD LoRA perplexity vs distillation steps",
+        description="KD LoRA and Budgeted LoRA from one teacher at several distillation "
+        "budgets and seeds (Prefect flow token-scaling); writes report/scaling.{csv,md,png}.",
+    )
+    p.add_argument("--config", default="tiny", help="preset name or YAML path (default tiny)")
+    p.add_argument("--out", help="output directory (default outputs/<preset>-scaling)")
+    p.add_argument("--teacher", help="ladder rung to distil from (default: the smallest)")
+    p.add_argument("--steps", nargs="+", type=int, help="optimizer steps per budget")
+    p.add_argument("--budgets", nargs="+", type=float, help="final fractions F")
+    p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default 0 1)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    p.set_defaults(func=run_scaling)
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    from bl_core.preset_files import parse_overrides, resolve_config
+
+    _, preset = resolve_config(args.config)  # a bad preset fails before Prefect starts
+    overrides = parse_overrides(args.set)
+    out = Path(args.out or Path("outputs") / f"{preset}-scaling").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _prefect_environment(out)
+    from flows.scaling import token_scaling  # imports prefect: only now that its env is set
+
+    result = token_scaling(
+        config=args.config,
+        output_dir=str(out),
+        teacher=args.teacher,
+        steps=args.steps,
+        budgets=args.budgets,
+        seeds=args.seeds,
+        overrides=overrides or None,
+    )
+    report = result["report"]
+    print("\n" + Path(report["markdown"]).read_text())
+    print(f"figure:   {report['figure']}")
+    print(f"table:    {report['csv']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv)[:1] == ["grid"]:
         _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...")
     from bl_core.cli import build_parser, run_parsed
 
-    parser = build_parser(extra=[add_grid_parser])
+    parser = build_parser(extra=[add_grid_parser, add_scaling_parser])
     return run_parsed(parser, argv)
 
 

@@ -23,9 +23,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import BudgetedLoRAConfig, apply_overrides
+from bl_core.io import atomic_write_json
 from bl_core.preset_files import resolve_config
 from flows import status
-from flows.cells import GridContext, run_cell, run_reference
+from flows.cells import GridContext, open_cell_run, run_cell, run_reference, share_teacher_outputs
 from tasks import tracking
 from tasks.aggregate import aggregate_task, publish_report, report_inputs
 from tasks.common import cell_label
@@ -77,7 +78,13 @@ def teacher_branch(grid: dict[str, Any], teacher_name: str) -> list[dict[str, An
     """Every method x budget x seed cell distilled from one teacher."""
     ctx = GridContext(**grid)
     teacher = ctx.teacher_refs[teacher_name]
-    return [run_cell(ctx, spec, teacher) for spec in cell_specs(ctx, teacher_name)]
+    specs = cell_specs(ctx, teacher_name)
+    run_ids = {spec["label"]: open_cell_run(ctx, spec) for spec in specs}
+    stores = share_teacher_outputs([(ctx, spec) for spec in specs], teacher, run_ids)
+    return [
+        run_cell(ctx, spec, teacher, run_ids[spec["label"]], stores.get(spec["label"]))
+        for spec in specs
+    ]
 
 
 def write_and_publish_report(
@@ -131,6 +138,8 @@ def full_grid(
             cells += teacher_branch(ctx.to_dict(), name)
         ok = [c for c in cells if c["status"] == "ok"]
         report = write_and_publish_report(ctx, ok, [t.name for t in cfg.teachers])
+        # what the grid was: its config and the artifacts its cells used (benchmarks read it)
+        atomic_write_json(Path(out) / "report" / "grid.json", ctx.to_dict())
         failures = [
             f"{c['label']} ({c.get('error', '?')[:300]})" for c in cells if c["status"] != "ok"
         ]

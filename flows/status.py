@@ -35,6 +35,7 @@ class GridStatus:
     executions_before: int = 0
     cells: list[tuple[str, float]] = field(default_factory=list)  # label, seconds
     _cell_start: tuple[str, float] | None = None
+    _first_start: float | None = None
 
     def executions(self) -> int:
         """Stages that ran (not served from cache) since this grid run started."""
@@ -51,6 +52,8 @@ class GridStatus:
             parts.append(f"ETA {format_duration(eta)}")
         self.logger.info(" · ".join(parts))
         self._cell_start = (label, time.monotonic())
+        if self._first_start is None:
+            self._first_start = self._cell_start[1]
 
     def cell_finished(self, label: str) -> None:
         if self._cell_start is None or self._cell_start[0] != label:
@@ -59,12 +62,13 @@ class GridStatus:
         self._cell_start = None
 
     def eta(self) -> float | None:
-        """Remaining cells x the mean time of the finished ones (cached cells included: a
-        rerun with one changed budget would otherwise promise minutes for seconds)."""
+        """Remaining cells x the wall clock per finished cell since the first one started
+        (a teacher's cohort trains its cells before they finish one by one; cached cells
+        count too, or a rerun with one changed budget would promise minutes for seconds)."""
         remaining = self.total_cells - len(self.cells)
-        if not self.cells or remaining <= 0:
+        if not self.cells or remaining <= 0 or self._first_start is None:
             return None
-        return remaining * sum(seconds for _, seconds in self.cells) / len(self.cells)
+        return remaining * (time.monotonic() - self._first_start) / len(self.cells)
 
     def summary(self) -> dict[str, Any]:
         ran = self.executions()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import task
 
 from bl_core.compression import compress_model, read_manifest, save_compressed
 from bl_core.config import config_from_dict
+from bl_core.export import is_exported_dir
 from bl_core.tokenizer import load_tokenizer
 from bl_core.train_state import load_trained_student
 from tasks.common import model_fingerprint, record_execution, stage_dir
@@ -24,23 +24,29 @@ def compress_task(
     tokenizer: dict[str, Any],
     method: str = "budgeted",
 ) -> dict[str, Any]:
-    """Harden gates, choose drop/svd/keep per module, save safetensors + manifest.
+    """Harden gates, choose drop/svd/keep per module, save a Hugging Face model directory
+    (config.json with each module's form and rank, safetensors, modeling code, model card,
+    manifest; :mod:`bl_core.export`).
 
-    KD LoRA students (retention 1, no gates) come out fully merged: every module kept.
+    KD LoRA students (retention 1, no gates) come out fully merged: every module kept, a
+    plain stock checkpoint.
     """
     record_execution(output_dir, "compress", label)
     cfg = config_from_dict({"compression": compression})
     payload = {"trained": trained["fingerprint"], "compression": compression, "rank": lora_rank}
     out = stage_dir(output_dir, "compress", payload)
-    if not Path(out, "bl_manifest.json").is_file():
+    if not is_exported_dir(out):  # absent, or written in the earlier format: (re)write it
         model = load_trained_student(trained["model_dir"])
         plans = compress_model(model, cfg.compression)
+        extra = {"label": label, "method": method}
+        if method == "budgeted":  # the requested F, for the model card
+            extra["final_fraction"] = (trained.get("summary") or {}).get("final_fraction")
         save_compressed(
             model,
             plans,
             out,
             lora_rank,
-            extra={"label": label},
+            extra=extra,
             overwrite=True,
             tokenizer=load_tokenizer(tokenizer["tokenizer_dir"]),
         )

@@ -68,13 +68,13 @@ class ProgressLogger:
         self._first: tuple[int, float] | None = None  # (step, time) of the first report
 
     @classmethod
-    def for_current_stage(cls) -> ProgressLogger:
-        """Named after the running Prefect task (``distill-<cell>`` -> ``<cell> distill``);
-        logs to the API only when a terminal shows a progress bar."""
+    def for_current_stage(cls, label: str | None = None) -> ProgressLogger:
+        """Named ``label``, by default after the running Prefect task (``distill-<cell>``
+        -> ``<cell> distill``); logs to the API only when a terminal shows a progress bar."""
         ctx = TaskRunContext.get()
         if ctx is None:
-            return cls("training", logging.getLogger("tasks.progress"))
-        label = stage_label(ctx.task.name, ctx.task_run.name)
+            return cls(label or "training", logging.getLogger("tasks.progress"))
+        label = label or stage_label(ctx.task.name, ctx.task_run.name)
         run_logger = get_run_logger()
         extra = dict(getattr(run_logger, "extra", {}) or {})
         if _GRID_FLOW_RUN_ID:

@@ -43,6 +43,7 @@ METHODS = ("teacher", "init", "scratch", "kd_full", "kd_lora", "budgeted")  # pa
 UNCOMPRESSED_STUDENTS = ("init", "scratch", "kd_full", "kd_lora")
 MISSING = "–"
 COMPOSITE = "Composite"
+BASELINE = "Trivial baseline"  # constant answer or random pick from the list (bl_core.icl)
 NO_TEACHER = "(no teacher)"
 _LABELS = {"teacher": "Teacher", "init": "Init (warm start)", "scratch": "Scratch",
            "kd_full": "KD Full", "kd_lora": "KD LoRA"}  # fmt: skip
@@ -275,10 +276,25 @@ def table9(cells: Sequence[Cell], teacher_order: TeacherOrder = None) -> ICLTabl
         column = f"{method_label(cell)} [{_teacher_of(cell, teachers)}]"
         means[column] = {name: _stat(entry, "mean") for name, entry in entries.items()}
         stds[column] = {name: _stat(entry, "std") for name, entry in entries.items()}
+    baseline = _icl_baselines(cells)
+    if baseline:  # the same queries for every model: one column, the first cell that has it
+        means[BASELINE] = baseline
+        stds[BASELINE] = dict.fromkeys(baseline, 0.0)  # the same for every seed
     index = pd.Index([*tasks, COMPOSITE], name="Task")
     mean = pd.DataFrame(means, index=index, columns=list(means), dtype=float)
     std = pd.DataFrame(stds, index=index, columns=list(stds), dtype=float)
     return ICLTable(mean=mean, std=std)
+
+
+def _icl_baselines(cells: Sequence[Cell]) -> dict[str, float]:
+    """Per task (and composite) the trivial baseline of bl_core.icl.trivial_baselines."""
+    for cell in cells:
+        icl = _section(cell, "icl")
+        per_task = icl.get("tasks") if isinstance(icl.get("tasks"), Mapping) else {}
+        if per_task and all(isinstance(t, Mapping) and "baseline" in t for t in per_task.values()):
+            out = {name: _number(t["baseline"]) for name, t in per_task.items()}
+            return out | {COMPOSITE: _stat(icl.get("composite"), "baseline")}
+    return {}
 
 
 def trajectory_frame(cells: Sequence[Cell], teacher_order: TeacherOrder = None) -> pd.DataFrame:
@@ -377,14 +393,27 @@ _SECTIONS = {
                "the adapted modules, a forward pass and generation."),
     "table9": ("Table 9 — in-context-learning probes",
                "Exact-match accuracy (%), mean ± std over demonstration seeds; Composite is the "
-               "macro mean over probes (§9)."),
+               "macro mean over probes (§9). Trivial baseline: the better of always giving the "
+               "most frequent answer and picking an item of the input's list at random — "
+               "accuracy near it shows no in-context learning."),
 }  # fmt: skip
 
 
+def _teacher_outputs(cells: Sequence[Cell]) -> str:
+    """How the distilled cells got their teacher's outputs (DESIGN §6a), as recorded."""
+    forms = {_section(c, "train").get("teacher_outputs") for c in cells}
+    forms = sorted(f for f in forms if isinstance(f, str))
+    return f" Teacher outputs: {'; '.join(forms)}." if forms else ""
+
+
 def _report_markdown(
-    teachers: Sequence[str], markdown: Mapping[str, str], note: str | None = None
+    teachers: Sequence[str],
+    markdown: Mapping[str, str],
+    cells: Sequence[Cell] = (),
+    note: str | None = None,
 ) -> str:
-    parts = ["# Budgeted LoRA grid report", "", f"Teachers (ladder order): {', '.join(teachers)}."]
+    header = f"Teachers (ladder order): {', '.join(teachers)}.{_teacher_outputs(cells)}"
+    parts = ["# Budgeted LoRA grid report", "", header]
     for name, text in markdown.items():
         title, caption = _SECTIONS[name]
         parts += ["", f"## {title}", "", caption, "", text.rstrip("\n")]
@@ -420,6 +449,7 @@ def write_report(
         paths[f"{name}.md"] = write_atomic(out / f"{name}.md", markdown[name].encode())
     trajectories = trajectory_frame(cells, teachers)
     paths |= write_figures(results, trajectories, out, teachers)
-    report = _report_markdown(teachers, markdown, warm_start_note(results, trajectories)).encode()
+    note = warm_start_note(results, trajectories)
+    report = _report_markdown(teachers, markdown, cells, note).encode()
     paths["report.md"] = write_atomic(out / "report.md", report)
     return paths

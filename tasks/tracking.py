@@ -306,10 +306,11 @@ class MLflowLogger:
         self._guard(set_tags, self.run_id, {f"train.{k}": v for k, v in params.items()})
 
 
-def tracking_logger(output_dir: str, run_id: str | None) -> MetricsLogger:
+def tracking_logger(output_dir: str, run_id: str | None, label: str | None = None) -> MetricsLogger:
     """What a training stage reports through: its MLflow run (if any) and a progress line
-    per logging interval in the Prefect flow-run logs."""
-    progress = ProgressLogger.for_current_stage()
+    per logging interval in the Prefect flow-run logs, named ``label`` (default: after the
+    running task, ``distill-<cell>`` -> ``<cell> distill``; a cohort names each cell)."""
+    progress = ProgressLogger.for_current_stage(label)
     if not run_id:
         return progress
     return FanoutLogger(MLflowLogger(run_id), progress)

@@ -6,6 +6,7 @@ Everything is built from configs in memory: tests never download (HF_HUB_OFFLINE
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,28 @@ def make_checkpoint(name: str, path, seed: int = 0, **config_kwargs):
     model.save_pretrained(path)
     make_tokenizer().save_pretrained(path)
     return path
+
+
+def make_compressed_student(arch: str, root: Path, kd_lora: bool = False):
+    """(compressed model, plans) of a 2-layer student of a random ``arch`` teacher with
+    random LoRA factors; modules cycle through the drop/svd/keep forms (all keep for a
+    KD LoRA student)."""
+    from bl_core.compression import compress_model
+    from bl_core.config import CompressionConfig
+    from bl_core.student import build_student, inject_gated_lora
+
+    teacher = make_checkpoint(arch, root / f"{arch}-teacher", seed=1)
+    model = build_student(teacher, num_layers=2)
+    modules = inject_gated_lora(model, rank=4, lora_alpha=8, use_gates=not kd_lora)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for i, (_, m) in enumerate(modules):
+            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=gen) * 0.05)
+            if not kd_lora:
+                m.gate_logits.copy_(torch.tensor([3.0, -1e4, 1.0, 2.0]))
+                m.set_retention((0.0, 0.3, 0.8)[i % 3])  # drop, svd, keep
+    plans = compress_model(model, CompressionConfig(svd_max_rank=8))
+    return model.eval(), plans
 
 
 @pytest.fixture

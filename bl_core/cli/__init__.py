@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from bl_core.allocator import tune_cpu_allocator
 from bl_core.errors import BLError
 
-SUBCOMMANDS = ("plan", "train", "eval")
+SUBCOMMANDS = ("plan", "train", "eval", "export")
 
 
 def build_parser(

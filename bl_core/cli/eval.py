@@ -1,8 +1,10 @@
 """``bl eval``: perplexity and/or the ICL probe suite for one model (DESIGN §8-§9).
 
-MODEL_DIR is a Hugging Face model dir or a compressed student dir (both go through
-:func:`bl_core.checkpoint.load_causal_lm`). Settings come from the ``icl`` and
-``perplexity`` sections of ``--config`` (defaults otherwise); flags override them.
+MODEL is a Hugging Face model dir, a compressed student dir (both go through
+:func:`bl_core.checkpoint.load_causal_lm`) or a Hub id ``org/name`` (``--revision``).
+Settings come from the ``icl`` and ``perplexity`` sections of ``--config`` (defaults
+otherwise); flags override them. ``--lm-eval TASKS`` also scores the model with
+lm-evaluation-harness and writes the harness's results beside ``--out``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a Hugging Face model dir or a compressed student dir: "
         "perplexity on a packed validation set (--ppl-data) and/or the ICL probes (--icl).",
     )
-    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("model_dir", metavar="MODEL", help="model dir, compressed student dir or Hub id")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) when MODEL is an id")
     p.add_argument("--tokenizer", help="tokenizer dir for the ICL suite (default: MODEL_DIR)")
     p.add_argument("--config", help="YAML whose icl/perplexity sections give the defaults")
     p.add_argument("--ppl-data", metavar="PACKED_DIR", help="packed validation set dir")
@@ -60,7 +63,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="prompts per generate() call")
     p.add_argument("--query-prefix", help="default 'Q:' (the original FV code uses 'Q: ')")
     p.add_argument("--answer-prefix", help="default 'A:'")
-    p.add_argument("--out", metavar="FILE.json", help="write the results here (atomically)")
+    p.add_argument(
+        "--lm-eval",
+        metavar="TASKS",
+        help="comma-separated lm-evaluation-harness tasks (needs the 'eval' extra)",
+    )
+    p.add_argument("--lm-eval-include", metavar="DIR", help="directory of extra task YAMLs")
+    p.add_argument("--lm-eval-limit", type=int, metavar="N", help="documents per task")
+    p.add_argument("--lm-eval-shots", type=int, metavar="K", help="few-shot examples")
+    p.add_argument(
+        "--out",
+        metavar="FILE.json",
+        help="write the results here (atomically); lm-eval's go to FILE.lm_eval.json",
+    )
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.set_defaults(func=run)
 
@@ -74,8 +89,10 @@ def _resolve_config(args: argparse.Namespace) -> tuple[BudgetedLoRAConfig, bool]
         if value is not None:
             overrides[field] = value
     run_icl = args.icl or any(getattr(args, f) is not None for f in _ICL_FLAGS)
-    if not run_icl and args.ppl_data is None:
-        raise ConfigError("nothing to evaluate: pass --icl and/or --ppl-data PACKED_DIR")
+    if not run_icl and args.ppl_data is None and not args.lm_eval:
+        raise ConfigError(
+            "nothing to evaluate: pass --icl, --ppl-data PACKED_DIR and/or --lm-eval TASKS"
+        )
     return apply_overrides(cfg, overrides), run_icl
 
 
@@ -119,25 +136,62 @@ def _print_table(results: dict[str, Any]) -> None:
         )
 
 
+def _lm_eval_path(out: str) -> Path:
+    """Where the harness's own results JSON goes: beside ours."""
+    return Path(out).with_suffix(".lm_eval.json")
+
+
+def _run_lm_eval(args: argparse.Namespace, model: Any, tokenizer: Any, device: Any) -> dict:
+    from bl_core.harness import run_lm_eval, score_lines
+
+    tasks = [t.strip() for t in args.lm_eval.split(",") if t.strip()]
+    harness = run_lm_eval(
+        model,
+        tokenizer,
+        tasks,
+        include_path=args.lm_eval_include,
+        limit=args.lm_eval_limit,
+        num_fewshot=args.lm_eval_shots,
+        device=device,
+    )
+    print("lm-eval (lm-evaluation-harness):")
+    print("\n".join(score_lines(harness)))
+    path = None
+    if args.out:
+        path = _lm_eval_path(args.out)
+        atomic_write_json(path, harness)
+        print(f"wrote {path}")
+    return {"tasks": tasks, "results": harness.get("results"), "path": str(path) if path else None}
+
+
 def run(args: argparse.Namespace) -> int:
     from bl_core.checkpoint import load_causal_lm
+    from bl_core.hub import resolve_model_dir
     from bl_core.icl import run_icl_suite
     from bl_core.perplexity import perplexity
 
     start = time.perf_counter()
     cfg, run_icl = _resolve_config(args)
     device = _resolve_device(args.device)
-    tokenizer_path = args.tokenizer or args.model_dir
-    tokenizer = _load_tokenizer(tokenizer_path) if run_icl else None  # fail before the model
+    needs_tokenizer = run_icl or bool(args.lm_eval)
+    tokenizer = None
+    if needs_tokenizer and args.tokenizer:  # fail before the model
+        tokenizer = _load_tokenizer(args.tokenizer)
+    model_dir = resolve_model_dir(args.model_dir, args.revision)  # a Hub id: its snapshot
+    tokenizer_path = args.tokenizer or model_dir
+    if needs_tokenizer and tokenizer is None:
+        tokenizer = _load_tokenizer(tokenizer_path)
     sequences = None
     if args.ppl_data is not None:
         from bl_core.packing import load_packed
 
         sequences = load_packed(args.ppl_data)
-    model = load_causal_lm(args.model_dir, device=device)
+    model = load_causal_lm(model_dir, device=device)
     results: dict[str, Any] = {
-        "model_dir": str(Path(args.model_dir)),
-        "tokenizer": tokenizer_path if run_icl else None,
+        "model_dir": str(Path(args.model_dir)) if model_dir == args.model_dir else args.model_dir,
+        "revision": args.revision,
+        "resolved_dir": str(model_dir),
+        "tokenizer": str(tokenizer_path) if needs_tokenizer else None,
         "device": str(device),
         "ppl_data": args.ppl_data,
         "perplexity": None,
@@ -151,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
     if run_icl:
         results["icl"] = run_icl_suite(model, tokenizer, cfg.icl, device=device)
         results["icl_config"] = cfg.icl.model_dump(mode="json")
+    if args.lm_eval:
+        results["lm_eval"] = _run_lm_eval(args, model, tokenizer, device)
     results["wall_seconds"] = time.perf_counter() - start
     _print_table(results)
     if args.out:

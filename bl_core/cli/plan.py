@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from bl_core.config import TARGET_MODULES, apply_overrides, config_from_dict, load_config
+from bl_core.hub import resolve_model_config
 from bl_core.plan import plan_budget
 from bl_core.student import load_model_config
 
@@ -35,7 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Instantiate the student on the meta device, run the budget controller "
         "over a full schedule with gates open, plan the compression and print the figures.",
     )
-    p.add_argument("--model-config", required=True, help="teacher config.json or model dir")
+    p.add_argument(
+        "--model-config", required=True, help="teacher config.json, model dir or Hub id org/name"
+    )
+    p.add_argument("--revision", help="Hub revision when --model-config is an id")
     p.add_argument("--config", help="YAML with student/lora/budget/compression sections")
     p.add_argument("--student-layers", type=int)
     p.add_argument("--layer-selection", choices=["first", "truncated", "middle", "last", "mixed"])
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[field] = [t.strip() for t in value.split(",")] if flag == "targets" else value
     cfg = apply_overrides(cfg, overrides)
-    result = plan_budget(load_model_config(args.model_config), cfg, total_steps=args.steps)
+    model_config = load_model_config(resolve_model_config(args.model_config, args.revision))
+    result = plan_budget(model_config, cfg, total_steps=args.steps)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
 

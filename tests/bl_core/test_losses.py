@@ -171,3 +171,76 @@ def test_non_finite_logits_at_padded_positions_do_not_leak():
     out.total.backward()
     torch.testing.assert_close(out.total, clean)
     assert torch.isfinite(s_bad.grad).all() and s_bad.grad[0, :2].abs().sum() == 0
+
+
+# --- sparse top-k teacher outputs (DESIGN §6a) -------------------------------------------
+
+
+def _sparse(teacher_logits: torch.Tensor, k: int, temperature: float, vocab: int):
+    """What a store holds for these logits, in their own dtype (float64 stays exact)."""
+    from bl_core.teacher_outputs import SparseLogits
+
+    z = teacher_logits[:, :-1, :vocab]
+    values, ids = z.topk(k, dim=-1)
+    return SparseLogits(values, ids, torch.logsumexp(z / temperature, -1), temperature)
+
+
+def test_topk_outputs_is_what_the_store_keeps():
+    from bl_core.teacher_outputs import topk_outputs
+
+    logits = torch.randn(2, 6, 12, generator=torch.Generator().manual_seed(2))
+    values, ids, log_norm = topk_outputs(logits, 3, 2.0, 10)
+    assert values.shape == ids.shape == (2, 5, 3) and log_norm.shape == (2, 5)
+    assert ids.max() < 10  # only the shared vocabulary, never the padded entries
+    torch.testing.assert_close(values, logits[:, :-1, :10].topk(3, -1).values)
+    torch.testing.assert_close(log_norm, torch.logsumexp(logits[:, :-1, :10] / 2.0, -1))
+
+
+def _reference_sparse_kd(student, teacher, k, temperature, vocab):
+    """The partitioned KL with autograd in float64: k top teacher tokens + one tail bucket."""
+    z_s = student[:, :-1, :vocab].double()
+    z_t = teacher[:, :-1, :vocab].double()
+    top = z_t.topk(k, dim=-1).indices
+    in_top = torch.zeros_like(z_t, dtype=torch.bool).scatter_(-1, top, True)
+    q = torch.softmax(z_t / temperature, -1)
+    p = torch.softmax(z_s / temperature, -1)
+    q_top, p_top = q.gather(-1, top), p.gather(-1, top)
+    q_tail = (q * ~in_top).sum(-1)
+    p_tail = (p * ~in_top).sum(-1)
+    kl = (q_top * (q_top.log() - p_top.log())).sum(-1)
+    kl = kl + torch.where(q_tail > 0, q_tail * (q_tail.log() - p_tail.log()), 0.0)
+    return temperature**2 * kl.mean()
+
+
+@pytest.mark.parametrize("k", [1, 5, 17])
+def test_sparse_kd_matches_the_partitioned_reference_in_value_and_gradient(k):
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(2, 9, 23, generator=gen, dtype=torch.float64) * 3
+    teacher = torch.randn(2, 9, 23, generator=gen, dtype=torch.float64) * 3
+    ids = torch.randint(0, 20, (2, 9), generator=gen)
+    s1 = student.clone().requires_grad_(True)
+    sparse = _sparse(teacher, k, 2.0, 20)
+    parts = distillation_loss(s1, sparse, ids, temperature=2.0, kd_weight=1.0, vocab_size=20)
+    parts.total.backward()
+    s2 = student.clone().requires_grad_(True)
+    reference = _reference_sparse_kd(s2, teacher, k, 2.0, 20)
+    reference.backward()
+    torch.testing.assert_close(parts.total, reference, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-9, atol=1e-12)
+    assert s1.grad[..., 20:].abs().max() == 0  # padded vocabulary entries get no gradient
+
+
+def test_sparse_kd_with_every_token_stored_equals_dense_kd():
+    gen = torch.Generator().manual_seed(1)
+    student = torch.randn(2, 7, 30, generator=gen)
+    teacher = torch.randn(2, 7, 30, generator=gen)
+    ids = torch.randint(0, 30, (2, 7), generator=gen)
+    grads, values = [], []
+    for t in (teacher, _sparse(teacher, 30, 3.0, 30)):
+        s = student.clone().requires_grad_(True)
+        parts = distillation_loss(s, t, ids, temperature=3.0, kd_weight=0.8)
+        parts.total.backward()
+        grads.append(s.grad)
+        values.append(parts.total.detach())
+    torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)

@@ -182,3 +182,27 @@ def test_missing_fv_file_or_dir_is_named(tmp_path: Path) -> None:
         load_fv_dir(tmp_path / "nowhere", ["capitalize"])
     with pytest.raises(ConfigError, match="unknown ICL task"):
         load_fv_dir(FV_FIXTURES, ["antonym"])
+
+
+@pytest.mark.parametrize("items_per_task", [50, 100])
+@pytest.mark.parametrize("task", TASKS)
+def test_no_constant_answer_scores_more_than_in_the_original_data(task, items_per_task) -> None:
+    """The most frequent answer among a task's queries is no more frequent than in the
+    Function Vectors files (or than two items): a constant guess gains nothing here."""
+    from bl_core.config import ICLConfig
+    from bl_core.icl import load_task_items, query_indices, trivial_baselines
+    from bl_core.probes import FV_TOP_ANSWER_SHARE
+
+    items = load_task_items(ICLConfig(tasks=(task,), items_per_task=items_per_task))[task]
+    queries = [items[i] for i in query_indices(task, len(items), items_per_task)]
+    constant = trivial_baselines(queries)["constant"]
+    assert constant <= max(FV_TOP_ANSWER_SHARE[task], 2 / items_per_task) + 1e-9
+
+
+def test_trivial_baselines_of_list_and_word_tasks() -> None:
+    from bl_core.icl import trivial_baselines
+
+    lists = [ProbeItem("a, b, c", "a"), ProbeItem("d, e, f", "f"), ProbeItem("g, h, i", "a")]
+    assert trivial_baselines(lists) == {"constant": 2 / 3, "chance": (1 / 3 + 1 / 3) / 3}
+    words = [ProbeItem("cat", "3"), ProbeItem("dog", "3"), ProbeItem("mouse", "5")]
+    assert trivial_baselines(words) == {"constant": 2 / 3, "chance": 0.0}

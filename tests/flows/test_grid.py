@@ -24,6 +24,7 @@ FAULTY = "micro-s/budgeted-F0.00/s0"
 TRAINING_AND_EVAL = {
     "prepare-teacher",
     "build-student",
+    "distill-cohort",
     "distill",
     "compress",
     "evaluate-perplexity",
@@ -78,6 +79,9 @@ def test_1_failed_stage_fails_only_its_cell(grid_dir, workdir, monkeypatch):
     state, executed = _run(grid_dir)
     assert state.is_failed() and FAULTY in state.message
     assert ("distill", "micro-m/budgeted-F0.40/s0") in executed  # the grid went on
+    # DESIGN §6a: each teacher's cells trained in one lockstep cohort (one teacher forward
+    # per batch), whose runs each cell's distill stage then found finished
+    assert executed[("distill-cohort", "micro-s")] == executed[("distill-cohort", "micro-m")] == 1
     assert not any(
         p.name.startswith(".") and p.name.endswith(".tmp") for p in (grid_dir / "stages").rglob("*")
     )  # nothing half-written
@@ -188,8 +192,15 @@ def test_6_changing_one_budget_reruns_only_its_branch(grid_dir):
     state, executed = _run(grid_dir, budgets=[0.0, 0.2])
     assert state.is_completed(), state.message
     stages = {stage for stage, _ in executed} - {"aggregate-report"}
-    assert stages == {"distill", "compress", "evaluate-perplexity", "evaluate-icl", "measure-speed"}
-    assert {label for _, label in executed} - {"report"} == {
+    assert stages == {
+        "distill-cohort",
+        "distill",
+        "compress",
+        "evaluate-perplexity",
+        "evaluate-icl",
+        "measure-speed",
+    }
+    assert {label for stage, label in executed if stage != "distill-cohort"} - {"report"} == {
         "micro-s/budgeted-F0.20/s0",
         "micro-m/budgeted-F0.20/s0",
     }
@@ -201,3 +212,53 @@ def test_7_force_recomputes_one_stage(grid_dir):
     # The same perplexities again: the report is rewritten only if a number changed.
     assert {stage for stage, _ in executed} - {"aggregate-report"} == {"evaluate-perplexity"}
     assert sum(1 for stage, _ in executed if stage == "evaluate-perplexity") == 2 + 1 + 8
+
+
+def test_8_online_teacher_outputs_give_the_same_students(grid_dir, tmp_path):
+    """The lockstep cohort (kd.teacher_outputs: shared, exact) is the online path with the
+    teacher's work shared: every cell's weights, and so its perplexity, are identical."""
+    from flows.grid import full_grid
+
+    state = full_grid(
+        config="micro",
+        output_dir=str(tmp_path),
+        overrides=OVERRIDES | {"kd.teacher_outputs": "online"},
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    assert not any(e["stage"] == "distill-cohort" for e in read_executions(tmp_path))
+
+    def cells(out: Path) -> dict:
+        import json
+
+        found = json.loads((out / "report" / "cells.json").read_text())
+        return {c["label"]: c for c in found if c["method"] in ("kd_full", "kd_lora", "budgeted")}
+
+    shared, online = cells(grid_dir), cells(tmp_path)
+    assert shared.keys() == online.keys() and len(shared) == 8
+    for label, cell in shared.items():
+        assert cell["ppl"] == online[label]["ppl"], label
+        assert cell["train"]["teacher_outputs"] == "shared (exact, lockstep cohort)"
+        assert online[label]["train"]["teacher_outputs"] == "online"
+
+
+def test_9_a_sparse_store_is_written_once_per_teacher(tmp_path):
+    from flows.grid import full_grid
+
+    overrides = OVERRIDES | {"kd.teacher_top_k": 16}
+    kwargs = {"config": "micro", "output_dir": str(tmp_path), "methods": ["kd_lora", "budgeted"]}
+    state = full_grid(overrides=overrides, budgets=[0.0], return_state=True, **kwargs)
+    assert state.is_completed(), state.message
+    stores = Counter(
+        e["label"] for e in read_executions(tmp_path) if e["stage"] == "teacher-outputs"
+    )
+    assert stores == {"micro-s": 1, "micro-m": 1}
+    before = len(read_executions(tmp_path))
+    # a second budget reads the same store: nothing of the first cells is redone
+    state = full_grid(overrides=overrides, budgets=[0.0, 0.4], return_state=True, **kwargs)
+    assert state.is_completed(), state.message
+    again = [(e["stage"], e["label"]) for e in read_executions(tmp_path)[before:]]
+    assert {label for stage, label in again if stage == "distill"} == {
+        "micro-s/budgeted-F0.40/s0",
+        "micro-m/budgeted-F0.40/s0",
+    }
