@@ -28,7 +28,7 @@ from bl_core.preset_files import resolve_config
 from flows import status
 from flows.cells import GridContext, open_cell_run, run_cell, run_reference, share_teacher_outputs
 from tasks import tracking
-from tasks.aggregate import aggregate_task, publish_report, report_inputs
+from tasks.aggregate import aggregate_task, is_current, publish_report, report_inputs
 from tasks.common import cell_label
 
 # Worker threads per flow run. Training tasks also carry the "gpu" tag, whose Prefect
@@ -90,11 +90,12 @@ def teacher_branch(grid: dict[str, Any], teacher_name: str) -> list[dict[str, An
 def write_and_publish_report(
     ctx: GridContext, cells: list[dict[str, Any]], teacher_order: list[str]
 ) -> dict[str, Any]:
-    """The cached aggregate-report stage (recomputed if its files were deleted), then the
-    report attached to this flow run and parent MLflow run."""
+    """The cached aggregate-report stage (recomputed if its files were deleted or another
+    grid's report replaced them), then the report attached to this flow run and parent
+    MLflow run."""
     inputs = report_inputs(cells)
     report = ctx.task(aggregate_task)(ctx.output_dir, inputs, teacher_order)
-    if not all(Path(path).is_file() for path in report["files"].values()):
+    if not is_current(report):
         again = ctx.task(aggregate_task).with_options(refresh_cache=True)
         report = again(ctx.output_dir, inputs, teacher_order)
     return report | {"mlflow_url": publish_report(report, ctx.parent_run_id)}

@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from bl_core.io import atomic_write_json, atomic_write_text
 from tasks import tracking
-from tasks.common import record_execution
+from tasks.common import payload_hash, record_execution
 from tasks.report_tables import (
     display_headers,
     format_table,
@@ -53,18 +53,31 @@ def aggregate_task(
     cells: list[dict[str, Any]],
     teacher_order: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the report; return the paths of its files."""
+    """Write the report; return the paths of its files and the hash of its inputs, also
+    written to ``report/inputs.sha256`` (:func:`is_current`)."""
     record_execution(output_dir, "aggregate-report", "report")
     report_dir = Path(output_dir) / "report"
     files = write_report(cells, report_dir, teacher_order)
     atomic_write_json(report_dir / "cells.json", cells)  # every figure, machine-readable
     files["cells.json"] = str(report_dir / "cells.json")
+    digest = payload_hash({"cells": cells, "teacher_order": teacher_order})
+    atomic_write_text(report_dir / "inputs.sha256", digest)
     return {
         "report_dir": str(report_dir),
         "report_md": files["report.md"],
         "table2_md": files["table2.md"],
         "files": files,
+        "inputs_hash": digest,
     }
+
+
+def is_current(report: dict[str, Any]) -> bool:
+    """Whether ``report/`` still holds this (cached) report: its files exist and no other
+    grid's report was written over them since (one ``report/`` per output directory)."""
+    marker = Path(report["report_dir"]) / "inputs.sha256"
+    if not marker.is_file() or marker.read_text() != report.get("inputs_hash"):
+        return False
+    return all(Path(path).is_file() for path in report["files"].values())
 
 
 def embed_images(markdown: str, base_dir: str | Path) -> str:

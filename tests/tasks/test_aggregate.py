@@ -37,3 +37,13 @@ def test_display_tables_are_rounded_strings_with_short_headers(tmp_path) -> None
     assert table.loc["KD LoRA", "PPL t"] == "216.92"
     assert table.loc["KD LoRA", "Measured ×"] == "1.01×"
     assert max(len(str(c)) for c in table.columns) <= 12
+
+
+def test_a_report_overwritten_by_another_grid_is_not_current(tmp_path) -> None:
+    from tasks.aggregate import aggregate_task, is_current
+
+    cell = {"teacher": "t", "method": "kd_full", "ppl": 20.0}
+    first = aggregate_task.fn(str(tmp_path), [cell])
+    assert is_current(first)
+    aggregate_task.fn(str(tmp_path), [cell | {"ppl": 30.0}])  # another grid, same report/
+    assert not is_current(first)  # a cache hit on `first` must be recomputed
