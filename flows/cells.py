@@ -283,10 +283,13 @@ def _run_cohort(
     cells: list[tuple[GridContext, dict[str, Any]]], teacher: dict[str, Any], run_ids: dict
 ) -> None:
     ctx = cells[0][0]
+    grid = status.get(ctx.grid_id)
+    if grid is not None:
+        grid.stages_called += 1  # a stage outside ctx.task (not cached: skips finished cells)
     status.log(
         ctx.grid_id,
-        f"distill-cohort: {len(cells)} cells of {teacher['name']} train together, one teacher "
-        "forward per batch ...",
+        f"distill-cohort of {teacher['name']}: {len(cells)} cells in lockstep, one teacher "
+        "forward per batch (finished cells are skipped) ...",
     )
     members = [
         {
