@@ -106,6 +106,16 @@ def train_cohort(
     return results, counts
 
 
+def cohort_name(labels: list[str]) -> str:
+    """The cells of a cohort in one name, for its progress bar:
+    ``tiny-s/{kd_full,budgeted-F0.40}/s0`` (cells of one teacher and seed), else the labels."""
+    parts = [label.split("/") for label in labels]
+    if len(parts) > 1 and all(len(p) == 3 for p in parts):
+        if len({p[0] for p in parts}) == 1 and len({p[2] for p in parts}) == 1:
+            return f"{parts[0][0]}/{{{','.join(p[1] for p in parts)}}}/{parts[0][2]}"
+    return ", ".join(labels)
+
+
 def _lockstep(
     active: list[_Active],
     results: dict[str, dict[str, Any] | Exception],
@@ -116,7 +126,7 @@ def _lockstep(
     main = all(a.run.acc.is_main_process for a in active)
     bar = tqdm(
         total=remaining,
-        desc=f"cohort of {len(active)}",
+        desc=f"{cohort_name([a.label for a in active])} distill",
         unit="step",
         disable=not sys.stderr.isatty() or not main,
     )

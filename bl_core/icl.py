@@ -259,13 +259,17 @@ def _generate_all(
     prompts: dict[str, dict[int, list[tuple[str, ProbeItem]]]],
     cfg: ICLConfig,
     device: torch.device,
+    progress_label: str | None = None,
 ) -> dict[str, dict[int, list[str]]]:
     """Continuations for every (task, seed) prompt. One generate_greedy call over all of
     them, so batches are full and grouped by length across tasks (fewer generate calls)."""
     keys = [(task, seed) for task, by_seed in prompts.items() for seed in by_seed]
     flat = [prompt for task, seed in keys for prompt, _ in prompts[task][seed]]
     progress = tqdm(
-        total=len(flat), desc="ICL probes", unit="prompt", disable=not sys.stderr.isatty()
+        total=len(flat),
+        desc=progress_label or "ICL probes",
+        unit="prompt",
+        disable=not sys.stderr.isatty(),
     )
     with progress:
         texts = generate_greedy(
@@ -286,8 +290,10 @@ def run_icl_suite(
     cfg: ICLConfig | None = None,
     device: str | torch.device | None = None,
     items: dict[str, list[ProbeItem]] | None = None,
+    progress_label: str | None = None,
 ) -> dict[str, Any]:
     """Run the probe suite; return a JSON-able dict (per task mean/std/per-seed, composite).
+    ``progress_label`` names the terminal progress bar (default "ICL probes").
 
     ``items`` overrides the task data (default: :func:`load_task_items`). ``device``
     defaults to the model's; the model is put in eval mode and restored afterwards.
@@ -304,7 +310,7 @@ def run_icl_suite(
     model.eval()
     start = time.perf_counter()
     try:
-        texts = _generate_all(model, tokenizer, prompts, cfg, device)
+        texts = _generate_all(model, tokenizer, prompts, cfg, device, progress_label)
     finally:
         model.train(was_training)
     tasks = {task: _score_task(prompts[task], texts[task]) for task in prompts}

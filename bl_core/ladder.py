@@ -86,6 +86,7 @@ def prepare_teacher(
             train_cfg=tc,
             logger=logger,
             separator_id=separator_id(tokenizer) if tc.curriculum != "natural" else None,
+            progress_label=f"{teacher.name} pretrain",
         )
     final = run_dir / "final"
     if not (final / "tokenizer_config.json").is_file():

@@ -70,11 +70,13 @@ def perplexity(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     max_tokens: int | None = None,
+    progress_label: str | None = None,
 ) -> dict[str, Any]:
     """Perplexity of ``model`` on packed ``sequences``.
 
     ``max_tokens`` keeps the first ``max(1, max_tokens // seq_len)`` sequences (a quick
-    check). ``device`` defaults to the model's; the model is put in eval mode and its
+    check). ``progress_label`` names the terminal progress bar (default "perplexity").
+    ``device`` defaults to the model's; the model is put in eval mode and its
     training flag restored afterwards. Returns ``perplexity``, ``mean_nll`` (nats per
     token), ``num_tokens`` (scored tokens), ``num_sequences`` and ``seq_len``.
     """
@@ -94,7 +96,9 @@ def perplexity(
     nll_sum, num_tokens = 0.0, 0
     starts = range(0, num_sequences, batch_size)
     try:
-        for start in tqdm(starts, desc="perplexity", unit="batch", disable=not sys.stderr.isatty()):
+        bar = tqdm(starts, desc=progress_label or "perplexity", unit="batch",
+                   disable=not sys.stderr.isatty())  # fmt: skip
+        for start in bar:
             ids = _batch_tensor(sequences[start : min(start + batch_size, num_sequences)], device)
             if vocab_size is not None and int(ids.max()) >= vocab_size:
                 raise InputError(

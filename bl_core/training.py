@@ -183,6 +183,7 @@ class _Run:
         if variant != "natural" and separator_id is None:
             raise InputError(f"pretrain.curriculum={variant!r} needs the separator token's id")
         self.separator_id = separator_id if variant != "natural" else None
+        self.progress_label: str | None = None  # the bar's name; default the method
 
     def _controller(self) -> BudgetController:
         b = self.cfg.budget
@@ -348,7 +349,7 @@ class _Run:
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
-            desc=self.method,
+            desc=self.progress_label or self.method,
             unit="step",
             disable=not sys.stderr.isatty() or not self.acc.is_main_process,
         )
@@ -432,6 +433,7 @@ def train(
     on_step: Callable[[int], None] | None = None,
     outputs: TeacherOutputs | None = None,
     separator_id: int | None = None,
+    progress_label: str | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` by ``method``; resume from ``run_dir`` if it has a checkpoint.
 
@@ -441,6 +443,8 @@ def train(
     teacher's forward by another source of its outputs (e.g. a top-k store).
     ``separator_id``: the tokenizer's snippet separator, for a ``train_cfg`` with a
     pretraining curriculum (:class:`~bl_core.config.PretrainConfig`).
+    ``progress_label`` names the terminal progress bar (``tiny-s/budgeted-F0.40/s0
+    distill``; default the method).
     Writes ``final/`` (the trained student), ``metrics.jsonl``, ``summary.json`` and, for
     ``budgeted``, ``trajectory.json``.
     """
@@ -461,6 +465,7 @@ def train(
         outputs=outputs,
         separator_id=separator_id,
     )
+    run.progress_label = progress_label
     return run.run(on_step)
 
 

@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import apply_overrides
 from bl_core.errors import ConfigError
+from flows import status
 from flows.cells import GridContext, open_cell_run, run_cell, share_teacher_outputs
 from flows.grid import _RUNNER, resolve_grid_config
 from tasks import tracking
@@ -120,6 +121,7 @@ def ablations(
                     "label": f"ablation/{sweep}/{variant}",
                 }
                 planned.append((sweep, variant, _variant_context(ctx, changes), spec))
+        status.get(ctx.grid_id).total_cells = len(planned)
         run_ids = {spec["label"]: open_cell_run(v_ctx, spec) for *_, v_ctx, spec in planned}
         cells = [(v_ctx, spec) for *_, v_ctx, spec in planned]
         stores = share_teacher_outputs(cells, teacher_ref, run_ids)  # one teacher: DESIGN §6a
@@ -135,4 +137,5 @@ def ablations(
             raise RuntimeError(f"{len(failures)} ablation cell(s) failed: {', '.join(failures)}")
         return {"output_dir": out, "report": report}
     finally:
+        status.finish(ctx.grid_id)
         tracking.close_run(ctx.parent_run_id, failed=failed)

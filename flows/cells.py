@@ -14,11 +14,12 @@ from prefect.futures import PrefectFuture, wait
 
 from bl_core.config import BudgetedLoRAConfig, config_from_dict
 from bl_core.errors import ConfigError
-from tasks import tracking
+from flows import status
+from tasks import progress, tracking
 from tasks.common import cell_label, configure_stage
 from tasks.compress import compress_task
 from tasks.corpus import split_corpus_task
-from tasks.distill import cohort_task, distill_task, training_sections
+from tasks.distill import cell_config, cohort_task, distill_task, training_sections
 from tasks.icl import icl_task
 from tasks.packing import pack_task, tokenizer_task
 from tasks.perplexity import perplexity_task
@@ -57,6 +58,9 @@ class GridContext:
 
     def task(self, fn: Any) -> Any:
         """A stage bound to this grid's storage, forced if named in ``force``."""
+        grid = status.get(self.grid_id)
+        if grid is not None:
+            grid.stages_called += 1  # one call per stage run: "M of N stages from cache"
         bound = configure_stage(fn, self.output_dir, force=fn.name in self.force)
         if fn.name in _RETRIED:
             p = self.cfg.pipeline
@@ -82,8 +86,12 @@ class GridContext:
         cls, cfg: BudgetedLoRAConfig, preset: str, out: str, force: list[str], grid_id: str
     ) -> GridContext:
         """Open the parent MLflow run and run the shared stages."""
-        tracking.set_tracking_uri(out, cfg.tracking.uri)
+        status.start(grid_id, out)
+        progress.set_grid_flow_run(grid_id)
+        uri = tracking.set_tracking_uri(out, cfg.tracking.uri)
+        status.log(grid_id, f"MLflow: {uri} (a new store creates its tables first) ...")
         experiment = cfg.tracking.experiment or f"budgeted-lora-{preset}"
+        tracking.setup_experiment(experiment)
         config = cfg.model_dump(mode="json")
         ctx = cls(config, preset, out, list(force), grid_id, experiment, "")
         ctx.parent_run_id = tracking.open_run(
@@ -93,18 +101,24 @@ class GridContext:
             ctx._prepare_shared()
         except BaseException as err:
             tracking.close_run(ctx.parent_run_id, failed=True, error=repr(err))
+            status.finish(grid_id)
             raise
         return ctx
 
     def _prepare_shared(self) -> None:
         c, out = self.config, self.output_dir
+        say = lambda message: status.log(self.grid_id, message)  # noqa: E731
+        say(f"data: split-corpus ({c['corpus']['source']} corpus), tokenizer, packing ...")
         split = self.task(split_corpus_task)(out, c["corpus"])
         self.tokenizer = self.task(tokenizer_task)(out, c["tokenizer"], c["teachers"], split)
         self.train_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "train")
         self.val_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "val")
-        futures, run_ids = {}, {}
+        names = ", ".join(t["name"] for t in c["teachers"])
+        say(f"teachers: preparing {names} (embedded rungs are pretrained once, then cached)")
+        futures, run_refs = {}, {}
         for teacher in c["teachers"]:
-            run_ids[teacher["name"]] = tracking.open_run(
+            # Opened when its pretraining starts, not now: each run shows its own duration.
+            run_refs[teacher["name"]] = tracking.defer_run(
                 self.experiment,
                 f"pretrain/{teacher['name']}",
                 self.tags(kind="pretrain", teacher=teacher["name"], method="pretrain"),
@@ -117,7 +131,7 @@ class GridContext:
                 c["pretrain"],
                 self.tokenizer,
                 self.train_data,
-                mlflow_run_id=run_ids[teacher["name"]],
+                mlflow_run_id=run_refs[teacher["name"]],
             )
         wait(list(futures.values()))
         for name, future in futures.items():  # each pretraining run ends here, whatever follows
@@ -125,14 +139,18 @@ class GridContext:
             ok = state.is_completed()
             if ok:
                 self.teacher_refs[name] = future.result()
+            ended = tracking.millis(state.timestamp)  # the stage's end, not this loop's
+            run_id = tracking.start_run(run_refs[name], start_time=ended)  # cached: no body ran
+            summary = self.teacher_refs.get(name, {}).get("pretrain_summary") or {}
             tracking.record_cell(
-                run_ids[name],
+                run_id,
                 {
                     "status": "ok" if ok else "failed",
                     "error": None if ok else f"prepare-teacher: {state.name}: {state.message}",
-                    "train": self.teacher_refs.get(name, {}).get("pretrain_summary") or {},
-                    "artifacts": {},
+                    "train": summary,
+                    "artifacts": _pretrain_artifacts(self.teacher_refs.get(name)),
                 },
+                end_time=ended,
             )
         failed = sorted(set(futures) - set(self.teacher_refs))
         if failed:
@@ -150,6 +168,26 @@ class GridContext:
             "seed": seed,
             "label": cell_label("scratch", "pretrain", None, seed),
         }
+
+
+def _pretrain_artifacts(teacher: dict[str, Any] | None) -> dict[str, Any]:
+    """A pretrained rung's training log, so a run served from cache gets its curves too."""
+    if not teacher or not teacher.get("pretrain_summary"):
+        return {}
+    log = Path(teacher["model_dir"]).parent / "metrics.jsonl"
+    return {"metrics_path": str(log)} if log.is_file() else {}
+
+
+def cell_params(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A cell's MLflow params: the config it was trained with (its own seed and budget, not
+    the preset's), the compression it was deployed with, and the cell itself."""
+    method = spec["method"]
+    sections = training_sections(method, config)
+    params, _ = cell_config(sections, method, spec["final_fraction"], spec["seed"])
+    if method in ("kd_lora", "budgeted"):
+        params["compression"] = config["compression"]
+    params |= {"perplexity": config["perplexity"], "icl": config["icl"]}
+    return params | {"cell": spec}
 
 
 def _collect(stages: dict[str, PrefectFuture | None]) -> tuple[dict[str, Any], list[str]]:
@@ -174,7 +212,7 @@ def open_cell_run(ctx: GridContext, spec: dict[str, Any]) -> str:
         ctx.experiment,
         spec["label"],
         ctx.tags(kind=kind, **spec),
-        training_sections(spec["method"], ctx.config) | {"cell": spec},
+        cell_params(ctx.config, spec),
         ctx.parent_run_id,
     )
 
@@ -245,6 +283,14 @@ def _run_cohort(
     cells: list[tuple[GridContext, dict[str, Any]]], teacher: dict[str, Any], run_ids: dict
 ) -> None:
     ctx = cells[0][0]
+    grid = status.get(ctx.grid_id)
+    if grid is not None:
+        grid.stages_called += 1  # a stage outside ctx.task (not cached: skips finished cells)
+    status.log(
+        ctx.grid_id,
+        f"distill-cohort of {teacher['name']}: {len(cells)} cells in lockstep, one teacher "
+        "forward per batch (finished cells are skipped) ...",
+    )
     members = [
         {
             **spec,
@@ -273,6 +319,9 @@ def run_cell(
     which of the three to run)."""
     c, out, label = ctx.config, ctx.output_dir, spec["label"]
     sections = training_sections(spec["method"], c)
+    grid = status.get(ctx.grid_id)
+    if grid is not None:
+        grid.cell_started(label)
     run_id = run_id or open_cell_run(ctx, spec)
     cell = {**spec, "status": "failed", "mlflow_run_id": run_id}
     try:
@@ -328,6 +377,8 @@ def run_cell(
         cell["error"] = repr(err)
     finally:
         tracking.record_cell(run_id, cell)
+        if grid is not None:
+            grid.cell_finished(label)
     return cell
 
 
@@ -337,8 +388,12 @@ def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[st
     teacher = model["name"] if kind == "teacher" else model["from_teacher"]
     label = f"{teacher}/{kind}"
     spec = {"teacher": teacher, "method": kind, "final_fraction": None, "label": label}
+    grid = status.get(ctx.grid_id)
+    if grid is not None:
+        grid.cell_started(label)
+    params = {"cell": spec, "perplexity": c["perplexity"], "icl": c["icl"]}
     run_id = tracking.open_run(
-        ctx.experiment, label, ctx.tags(kind=kind, **spec), None, ctx.parent_run_id
+        ctx.experiment, label, ctx.tags(kind=kind, **spec), params, ctx.parent_run_id
     )
     cell = {**spec, "status": "failed", "mlflow_run_id": run_id}
     try:
@@ -358,6 +413,8 @@ def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[st
             cell["train"] = model.get("pretrain_summary") or {}
     finally:
         tracking.record_cell(run_id, cell)
+        if grid is not None:
+            grid.cell_finished(label)
     return cell
 
 

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from bl_core.cli import build_parser, run_parsed
-from bl_core.preset_files import resolve_config
+# bl_core (torch, transformers) is imported in main(): `bl grid` says what it is loading
+# first instead of sitting silent for ~10 s.
 
 STAGES = (
     "split-corpus",
@@ -33,6 +33,7 @@ def _prefect_environment(output_dir: Path) -> None:
     os.environ.setdefault("PREFECT_HOME", str(output_dir / "prefect" / "home"))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect won't
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's SDK telemetry: offline, and a notice
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bl_core")
 
@@ -62,7 +63,7 @@ def add_grid_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from bl_core.preset_files import parse_overrides
+    from bl_core.preset_files import parse_overrides, resolve_config
 
     _, preset = resolve_config(args.config)  # a bad preset fails before Prefect starts
     overrides = parse_overrides(args.set)
@@ -71,6 +72,8 @@ def run_grid(args: argparse.Namespace) -> int:
     _prefect_environment(out)
     from flows.grid import full_grid  # imports prefect: only now that its env is set
 
+    if not os.environ.get("PREFECT_API_URL"):
+        _status("starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)")
     result = full_grid(
         config=args.config,
         output_dir=str(out),
@@ -81,12 +84,41 @@ def run_grid(args: argparse.Namespace) -> int:
         overrides=overrides or None,
         force=args.force,
     )
-    report = result["report"]
-    print("\n" + Path(report["table2_md"]).read_text())
-    print(f"outputs:  {out}")
-    print(f"report:   {report['report_md']}")
-    print(f"MLflow:   mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
+    print_summary(result, out)
     return 0
+
+
+def _status(message: str) -> None:
+    """A line for the silent phases before the flow's own logging starts."""
+    print(f"bl grid: {message}", file=sys.stderr, flush=True)
+
+
+def print_summary(result: dict, out: Path, width: int = 100) -> None:
+    """Table 2 in ``width`` columns (the full table is in the report), where everything is,
+    and how much of the run came from cache."""
+    import pandas as pd
+
+    from tasks.report_summary import compact_table
+    from tasks.report_tables import display_headers, format_table
+
+    report = result["report"]
+    table2 = pd.read_csv(Path(report["report_dir"]) / "table2.csv", index_col=0)
+    compact = compact_table(display_headers(format_table(table2)), width)
+    print("\n" + (compact or "(Table 2 is wider than the terminal: see table2.md)"))
+    print(f"full table: {report['table2_md']}")
+    print(f"report:     {report['report_md']}")
+    print(f"outputs:    {out}")
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    if not uri.startswith(("http://", "https://")):
+        print(f"MLflow:     mlflow ui --backend-store-uri {uri}")
+    if report.get("mlflow_url"):
+        print(f"budgets:    {report['mlflow_url']}")
+    stages = result.get("stages")
+    if stages:
+        print(
+            f"stages:     {stages['from_cache']} of {stages['stages']} from cache, "
+            f"{stages['ran']} ran ({stages['seconds']:.0f} s in the flow)"
+        )
 
 
 def add_scaling_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -107,7 +139,7 @@ def add_scaling_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_scaling(args: argparse.Namespace) -> int:
-    from bl_core.preset_files import parse_overrides
+    from bl_core.preset_files import parse_overrides, resolve_config
 
     _, preset = resolve_config(args.config)  # a bad preset fails before Prefect starts
     overrides = parse_overrides(args.set)
@@ -133,6 +165,10 @@ def run_scaling(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["grid"]:
+        _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...")
+    from bl_core.cli import build_parser, run_parsed
+
     parser = build_parser(extra=[add_grid_parser, add_scaling_parser])
     return run_parsed(parser, argv)
 

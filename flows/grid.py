@@ -25,9 +25,10 @@ from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import BudgetedLoRAConfig, apply_overrides
 from bl_core.io import atomic_write_json
 from bl_core.preset_files import resolve_config
+from flows import status
 from flows.cells import GridContext, open_cell_run, run_cell, run_reference, share_teacher_outputs
 from tasks import tracking
-from tasks.aggregate import aggregate_task
+from tasks.aggregate import aggregate_task, is_current, publish_report, report_inputs
 from tasks.common import cell_label
 
 # Worker threads per flow run. Training tasks also carry the "gpu" tag, whose Prefect
@@ -86,6 +87,20 @@ def teacher_branch(grid: dict[str, Any], teacher_name: str) -> list[dict[str, An
     ]
 
 
+def write_and_publish_report(
+    ctx: GridContext, cells: list[dict[str, Any]], teacher_order: list[str]
+) -> dict[str, Any]:
+    """The cached aggregate-report stage (recomputed if its files were deleted or another
+    grid's report replaced them), then the report attached to this flow run and parent
+    MLflow run."""
+    inputs = report_inputs(cells)
+    report = ctx.task(aggregate_task)(ctx.output_dir, inputs, teacher_order)
+    if not is_current(report):
+        again = ctx.task(aggregate_task).with_options(refresh_cache=True)
+        report = again(ctx.output_dir, inputs, teacher_order)
+    return report | {"mlflow_url": publish_report(report, ctx.parent_run_id)}
+
+
 @flow(name="full-grid", task_runner=_RUNNER, log_prints=True)
 def full_grid(
     config: str = "tiny",
@@ -113,6 +128,9 @@ def full_grid(
         selected = teachers or [t.name for t in cfg.teachers]
         for name in selected:
             ctx.teacher_ref(name)  # unknown names fail here, before any work
+        grid = status.get(ctx.grid_id)
+        grid.total_cells = len(selected) * (1 + len(cell_specs(ctx, selected[0]))) + 1
+        grid.total_cells += int(cfg.grid.scratch_reference)
         cells = [run_reference(ctx, "teacher", ctx.teacher_refs[n]) for n in selected]
         cells.append(run_reference(ctx, "init", ctx.student_ref))
         if cfg.grid.scratch_reference:
@@ -120,7 +138,7 @@ def full_grid(
         for name in selected:
             cells += teacher_branch(ctx.to_dict(), name)
         ok = [c for c in cells if c["status"] == "ok"]
-        report = aggregate_task(out, ok, ctx.parent_run_id, [t.name for t in cfg.teachers])
+        report = write_and_publish_report(ctx, ok, [t.name for t in cfg.teachers])
         # what the grid was: its config and the artifacts its cells used (benchmarks read it)
         atomic_write_json(Path(out) / "report" / "grid.json", ctx.to_dict())
         failures = [
@@ -130,8 +148,10 @@ def full_grid(
         failed = bool(failures)
         if failures:
             raise RuntimeError(f"{len(failures)} grid cell(s) failed: {'; '.join(failures)}")
-        return {"output_dir": out, "report": report, "cells": cells}
+        stages = status.finish(ctx.grid_id)  # "M of N stages from cache, K ran"
+        return {"output_dir": out, "report": report, "cells": cells, "stages": stages}
     finally:
+        status.finish(ctx.grid_id)  # a failed grid says it too (no-op when done above)
         tracking.close_run(ctx.parent_run_id, failed=failed)
 
 
@@ -164,10 +184,12 @@ def single_run(
             "seed": seed,
             "label": cell_label(name, method, fraction, seed),
         }
+        status.get(ctx.grid_id).total_cells = 1
         cell = run_cell(ctx, spec, ref)
         failed = cell["status"] != "ok"
         if failed:
             raise RuntimeError(f"cell {spec['label']} failed: {cell.get('error')}")
         return cell
     finally:
+        status.finish(ctx.grid_id)
         tracking.close_run(ctx.parent_run_id, failed=failed)

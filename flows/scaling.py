@@ -25,6 +25,7 @@ from prefect.runtime import flow_run
 from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import apply_overrides
 from bl_core.errors import ConfigError
+from flows import status
 from flows.cells import GridContext, open_cell_run, run_cell, share_teacher_outputs
 from flows.grid import _RUNNER, resolve_grid_config
 from tasks import tracking
@@ -91,6 +92,7 @@ def token_scaling(
                         "label": scaling_label(method, fraction, count, seed),
                     }
                     planned.append((step_ctx, spec))
+        status.get(ctx.grid_id).total_cells = len(planned)
         run_ids = {spec["label"]: open_cell_run(c, spec) for c, spec in planned}
         stores = share_teacher_outputs(planned, teacher_ref, run_ids)
         cells = [
@@ -112,4 +114,5 @@ def token_scaling(
             raise RuntimeError(f"{len(failures)} scaling cell(s) failed: {', '.join(failures)}")
         return {"output_dir": out, "report": report}
     finally:
+        status.finish(ctx.grid_id)
         tracking.close_run(ctx.parent_run_id, failed=failed)

@@ -1,8 +1,17 @@
 """Stage: aggregation — the paper's Tables 2, 8, 9 and figures (DESIGN §10), written to
-``<output_dir>/report/`` and published as Prefect artifacts and MLflow artifacts."""
+``<output_dir>/report/``; then published (every grid run, cached or not) as Prefect
+artifacts and into the grid's parent MLflow run.
+
+The stage is cached like the others: its inputs are the cells' results (without their
+per-run MLflow ids), so an unchanged rerun reuses the report. Publishing is not a stage:
+it attaches the report to *this* flow run and *this* parent run, which a cached stage
+cannot do.
+"""
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +21,24 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from bl_core.io import atomic_write_json, atomic_write_text
 from tasks import tracking
-from tasks.common import record_execution
-from tasks.report_tables import markdown_table, table2, table8, write_report
+from tasks.common import payload_hash, record_execution
+from tasks.report_tables import (
+    display_headers,
+    format_table,
+    format_table8,
+    markdown_table,
+    write_report,
+)
+
+# Per-run bookkeeping in a cell: not part of the report's inputs (changes every run).
+VOLATILE_CELL_KEYS = ("mlflow_run_id",)
+_IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def report_inputs(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells as the report sees them: per-run bookkeeping dropped, so an unchanged
+    rerun has the same cache key."""
+    return [{k: v for k, v in cell.items() if k not in VOLATILE_CELL_KEYS} for cell in cells]
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -26,39 +51,78 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def aggregate_task(
     output_dir: str,
     cells: list[dict[str, Any]],
-    parent_run_id: str | None = None,
     teacher_order: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the report; return the paths of its files."""
+    """Write the report; return the paths of its files and the hash of its inputs, also
+    written to ``report/inputs.sha256`` (:func:`is_current`)."""
     record_execution(output_dir, "aggregate-report", "report")
     report_dir = Path(output_dir) / "report"
     files = write_report(cells, report_dir, teacher_order)
     atomic_write_json(report_dir / "cells.json", cells)  # every figure, machine-readable
     files["cells.json"] = str(report_dir / "cells.json")
-    create_table_artifact(
-        key="table-2",
-        table=_records(table2(cells, teacher_order)),
-        description="Table 2: PPL per teacher, train compute, speedups",
-    )
-    create_table_artifact(
-        key="table-8",
-        table=_records(table8(cells, teacher_order)),
-        description="Table 8: compressed structure per budget",
-    )
-    create_markdown_artifact(
-        key="grid-report",
-        markdown=Path(files["report.md"]).read_text(),
-        description="Budgeted LoRA grid report",
-    )
-    if parent_run_id:
-        for path in files.values():
-            tracking.log_artifact(parent_run_id, path, "report")
+    digest = payload_hash({"cells": cells, "teacher_order": teacher_order})
+    atomic_write_text(report_dir / "inputs.sha256", digest)
     return {
         "report_dir": str(report_dir),
         "report_md": files["report.md"],
         "table2_md": files["table2.md"],
         "files": files,
+        "inputs_hash": digest,
     }
+
+
+def is_current(report: dict[str, Any]) -> bool:
+    """Whether ``report/`` still holds this (cached) report: its files exist and no other
+    grid's report was written over them since (one ``report/`` per output directory)."""
+    marker = Path(report["report_dir"]) / "inputs.sha256"
+    if not marker.is_file() or marker.read_text() != report.get("inputs_hash"):
+        return False
+    return all(Path(path).is_file() for path in report["files"].values())
+
+
+def embed_images(markdown: str, base_dir: str | Path) -> str:
+    """Markdown with every relative ``![caption](figure.png)`` replaced by a ``data:`` URI
+    of that file: the Prefect UI has no file server, so a relative link is a broken image."""
+
+    def inline(match: re.Match[str]) -> str:
+        path = Path(base_dir) / match.group(2)
+        if not path.is_file():
+            return f"*{match.group(1)}: {match.group(2)} is missing*"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return _IMAGE_LINK.sub(inline, markdown)
+
+
+def display_tables(report_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Tables 2 and 8 as the report prints them (rounded strings, "–" where missing),
+    from the numeric CSVs."""
+    report_dir = Path(report_dir)
+    t2 = pd.read_csv(report_dir / "table2.csv", index_col=0)
+    t8 = pd.read_csv(report_dir / "table8.csv", index_col=0)
+    return {
+        "table-2": display_headers(format_table(t2)),
+        "table-8": display_headers(format_table8(t8)),
+    }
+
+
+def publish_report(report: dict[str, Any], parent_run_id: str | None) -> str | None:
+    """Attach the written report to the current flow run (Prefect artifacts: the report
+    with its figures embedded, Tables 2 and 8 rounded) and to the parent MLflow run;
+    returns the MLflow URL of the grid's runs, side by side."""
+    report_dir = Path(report["report_dir"])
+    tables = display_tables(report_dir)
+    descriptions = {
+        "table-2": "Table 2: PPL per teacher, train compute, speedups",
+        "table-8": "Table 8: compressed structure per budget",
+    }
+    for key, frame in tables.items():
+        create_table_artifact(key=key, table=_records(frame), description=descriptions[key])
+    markdown = embed_images(Path(report["report_md"]).read_text(), report_dir)
+    create_markdown_artifact(key="grid-report", markdown=markdown, description="Grid report")
+    if not parent_run_id:
+        return None
+    return tracking.log_report(parent_run_id, report["files"], tables["table-2"])
 
 
 def ablation_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -80,7 +80,9 @@ def cell_run_dir(
     return stage_dir(output_dir, "distill", payload)
 
 
-def _train_here(method, cfg, student, teacher, train_data, tokenizer, run_dir, logger, store):  # noqa: ANN001
+def _train_here(
+    method, cfg, student, teacher, train_data, tokenizer, run_dir, logger, store, label
+):  # noqa: ANN001, E501
     outputs = None
     if method == "pretrain":
         model, teacher_model = scratch_student(student["model_dir"], cfg.train.seed), None
@@ -99,6 +101,7 @@ def _train_here(method, cfg, student, teacher, train_data, tokenizer, run_dir, l
         vocab_size=tokenizer["vocab_size"],
         logger=logger,
         outputs=outputs,
+        progress_label=f"{label} distill",
     )
 
 
@@ -152,6 +155,7 @@ def distill_task(
             run_dir,
             tracking_logger(output_dir, mlflow_run_id),
             teacher_store,
+            label,
         )
     final = run_dir / "final"
     trajectory = run_dir / "trajectory.json"
@@ -225,7 +229,7 @@ def cohort_task(
             cell["method"],
             cfg,
             run_dir,
-            tracking_logger(output_dir, cell.get("mlflow_run_id")),
+            tracking_logger(output_dir, cell.get("mlflow_run_id"), f"{cell['label']} distill"),
         )
         for cell, cfg, run_dir in todo
     ]

@@ -24,7 +24,10 @@ def icl_task(
     payload = {"model": model["fingerprint"], "tokenizer": tokenizer["fingerprint"], "icl": icl}
     out = stage_dir(output_dir, "evaluate-icl", payload)
     result = run_icl_suite(
-        load_causal_lm(model["model_dir"]), load_tokenizer(tokenizer["tokenizer_dir"]), cfg.icl
+        load_causal_lm(model["model_dir"]),
+        load_tokenizer(tokenizer["tokenizer_dir"]),
+        cfg.icl,
+        progress_label=f"{label} icl",
     )
     atomic_write_json(out / "icl.json", result)
     return result

@@ -26,6 +26,7 @@ def perplexity_task(
         load_packed(val_data["packed_dir"]),
         batch_size=settings["batch_size"],
         max_tokens=settings.get("max_tokens"),
+        progress_label=f"{label} perplexity",
     )
     atomic_write_json(out / "perplexity.json", result)
     return result

@@ -1,5 +1,6 @@
 """Figures of a grid report (DESIGN §10): quality vs inference-speedup Pareto plot, ICL composite
-bars, and the budget controller's dense-fraction trajectory (target vs actual).
+bars, and the budget controller's dense-fraction trajectory (target vs actual); and one cell's
+per-module controller history (a heatmap logged to that cell's MLflow run).
 
 Inputs are the tidy frames of ``tasks.report_tables`` (``results_frame``: one row per cell;
 ``trajectory_frame``: one row per logged controller step); this module imports nothing from it.
@@ -26,15 +27,16 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
 TRAINED_METHODS = ("kd_full", "kd_lora", "budgeted")
 MEASURED = "Infer speedup (measured)"
 MAC = "Infer speedup (MAC)"
 FIGURE_CAPTIONS = {
-    "pareto.png": "PPL vs inference speedup, Pareto frontier per teacher",
-    "icl_composite.png": "ICL composite per method and teacher",
-    "trajectory.png": "Controller target vs actual dense fraction",
+    "pareto.png": "PPL vs inference speedup (MAC and measured), Pareto frontier per teacher",
+    "icl_composite.png": "ICL composite accuracy per method and teacher",
+    "trajectory.png": "Controller target vs actual dense fraction, and where removals end",
 }
 
 
@@ -81,63 +83,150 @@ def _ladder(present: pd.Series, teachers: Sequence[str] | None) -> list[str]:
     return given + [t for t in seen if t not in given]
 
 
-def _speedup_basis(trained: pd.DataFrame) -> tuple[pd.Series, str]:
-    """One basis for every point: measured only when every budgeted student has it, else MAC.
-    Mixing wall-clock and MAC ratios on one axis would draw a frontier no run supports."""
-    budgeted = trained[trained["method"] == "budgeted"]
-    if len(budgeted) and budgeted[MEASURED].notna().all():
-        # Unmeasured KD students keep their dense modules: their MAC ratio (1.0) holds for both.
-        unmeasured = trained[MAC].where(trained["method"] != "budgeted")
-        return trained[MEASURED].fillna(unmeasured), "inference speedup, measured (adapted modules)"
-    return trained[MAC], "inference speedup, MAC (adapted modules)"
+# One marker per row label: points carry no text labels (they collided at toy shapes),
+# the legend names them.
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "*", "p")
+NOT_MEASURED = "not measured"
+
+
+def _marker_of(labels: Sequence[str]) -> dict[str, str]:
+    return {label: _MARKERS[k % len(_MARKERS)] for k, label in enumerate(labels)}
+
+
+def _reference_ppl(results: pd.DataFrame, method: str) -> pd.DataFrame:
+    rows = results[(results["method"] == method) & results["ppl"].notna()]
+    return rows.drop_duplicates("teacher")
+
+
+def _measured_or_construction(trained: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Measured speedups; a dense student (KD Full, never measured) is 1x by construction.
+    Returns the values and whether each was measured."""
+    measured = trained[MEASURED].notna()
+    by_construction = trained[MAC].where(trained["method"] == "kd_full")
+    return trained[MEASURED].fillna(by_construction), measured
+
+
+def _pareto_panel(
+    ax: Axes, points: pd.DataFrame, x: str, ladder: list[str], style: dict, dodge: float
+) -> None:
+    """Scatter (colour = teacher, marker = method/budget) and each teacher's frontier.
+    ``dodge``: horizontal offset between teachers, as a fraction of the x range (MAC ratios
+    are the same for every teacher by construction, so their markers would sit on top of
+    each other)."""
+    values = points[x].dropna()
+    span = float(values.max() - values.min()) if len(values) else 0.0
+    for k, (color, teacher) in enumerate(zip(_colors(len(ladder)), ladder)):
+        group = points[(points["teacher"] == teacher) & points[x].notna()]
+        shift = (k - (len(ladder) - 1) / 2) * dodge * max(span, 0.5)
+        for _, row in group.iterrows():
+            hollow = x == "measured" and not row["was_measured"]
+            ax.scatter(
+                row[x] + shift, row["ppl"], s=46, marker=style[row["label"]], zorder=3,
+                facecolors="none" if hollow else [color], edgecolors=[color], linewidths=1.4,
+            )  # fmt: skip
+        on_frontier = pareto_frontier(list(zip(group["ppl"], group[x])))
+        frontier = group.iloc[on_frontier].sort_values(x)
+        ax.plot(frontier[x] + shift, frontier["ppl"], color=color, alpha=0.5, zorder=2)
+    ax.axvline(1.0, color="0.6", linewidth=0.8, zorder=1)
+    ax.grid(alpha=0.3)
 
 
 def plot_pareto(results: pd.DataFrame, teachers: Sequence[str] | None = None) -> Figure:
-    """PPL (y) vs inference speedup (x) of the distilled students (KD Full, KD LoRA, budgets),
-    one colour per teacher, each teacher's Pareto frontier through its non-dominated students."""
-    figure = _new_figure(7.0, 5.0)
-    ax = figure.add_subplot()
+    """PPL (y) vs inference speedup of the distilled students (KD Full, KD LoRA, budgets):
+    left the MAC ratio (what the structure saves), right the measured wall-clock ratio of the
+    same modules. Colour = teacher, marker = method/budget, line = each teacher's Pareto
+    frontier; horizontal lines: every teacher's own PPL (dotted) and the warm start (dashed)."""
+    figure = _new_figure(11.0, 5.0)
     trained = results[results["method"].isin(TRAINED_METHODS)]
-    speedup, speedup_label = _speedup_basis(trained)
-    points = trained.assign(speedup=speedup).dropna(subset=["ppl", "speedup"])
+    measured, was_measured = _measured_or_construction(trained)
+    points = trained.assign(mac=trained[MAC], measured=measured, was_measured=was_measured)
+    points = points.dropna(subset=["ppl"])
+    points = points[points["mac"].notna() | points["measured"].notna()]
     if points.empty:
-        _no_data(ax, "perplexity/speedup pairs")
+        _no_data(figure.add_subplot(), "perplexity/speedup pairs")
         return figure
     ladder = _ladder(points["teacher"], teachers)
-    for color, teacher in zip(_colors(len(ladder)), ladder):
-        group = points[points["teacher"] == teacher]
-        ax.scatter(group["speedup"], group["ppl"], color=color, label=teacher)
-        for label, x, y in zip(group["label"], group["speedup"], group["ppl"]):
-            ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
-        on_frontier = pareto_frontier(list(zip(group["ppl"], group["speedup"])))
-        frontier = group.iloc[on_frontier].sort_values("speedup")
-        ax.plot(frontier["speedup"], frontier["ppl"], color=color, alpha=0.6)
-    ax.set_xlabel(speedup_label)
-    ax.set_ylabel("validation perplexity (lower is better)")
-    ax.set_title("Quality vs inference speedup (line: Pareto frontier per teacher)")
-    ax.grid(alpha=0.3)
-    ax.legend(title="teacher")
+    style = _marker_of(list(dict.fromkeys(points["label"])))
+    axes = figure.subplots(1, 2, sharey=True)
+    colors = dict(zip(ladder, _colors(len(ladder))))
+    for ax, x, xlabel, dodge in (
+        (axes[0], "mac", "inference speedup, MAC ratio (adapted modules)", 0.02),
+        (axes[1], "measured", "inference speedup, measured (adapted modules, wall clock)", 0.0),
+    ):
+        _pareto_panel(ax, points, x, ladder, style, dodge)
+        ax.set_xlabel(xlabel)
+        for _, row in _reference_ppl(results, "teacher").iterrows():
+            ax.axhline(row["ppl"], color=colors.get(row["teacher"], "0.3"), linestyle=":")
+        for _, row in _reference_ppl(results, "init").iterrows():
+            ax.axhline(row["ppl"], color="black", linestyle="--", linewidth=1.0)
+    axes[0].set_ylabel("validation perplexity (lower is better)")
+    axes[0].set_title("by MACs: what the structure saves (teachers offset slightly)", fontsize=10)
+    axes[1].set_title("measured: wall clock of the same modules", fontsize=10)
+    figure.suptitle("Quality vs inference speedup (better: down and right)")
+    axes[1].legend(
+        handles=_pareto_legend(ladder, colors, style, results), fontsize=8,
+        loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+    )  # fmt: skip
     return figure
 
 
-def _icl_references(results: pd.DataFrame, teachers: list[str]) -> list[tuple[str, float, str]]:
-    """(label, composite, linestyle): the untrained init dashed; the full smallest teacher dotted
-    (the paper's Figure 2 line: the model every student is initialised from)."""
+def _pareto_legend(
+    ladder: list[str], colors: dict, style: dict[str, str], results: pd.DataFrame
+) -> list[Line2D]:
+    handles = [Line2D([], [], color=colors[t], marker="o", linestyle="-", label=f"teacher {t}")
+               for t in ladder]  # fmt: skip
+    handles += [Line2D([], [], color="0.3", marker=m, linestyle="none", label=label)
+                for label, m in style.items()]  # fmt: skip
+    if len(_reference_ppl(results, "teacher")):
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label="teacher's own PPL"))
+    if len(_reference_ppl(results, "init")):
+        handles.append(Line2D([], [], color="black", linestyle="--", label="warm start (init)"))
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="0.3",
+            marker="o",
+            markerfacecolor="none",
+            linestyle="none",
+            label="hollow: 1× by construction",
+        )  # fmt: skip
+    )
+    return handles
+
+
+def _icl_references(results: pd.DataFrame, teachers: list[str]) -> list[tuple[str, float, dict]]:
+    """(label, composite, line style): the untrained warm start dashed black; every teacher
+    dotted in its bars' colour (the paper's Figure 2 lines)."""
     lines = []
-    for method, linestyle in (("init", "--"), ("teacher", ":")):
-        rows = results[(results["method"] == method) & results["ICL composite"].notna()]
-        if method == "teacher":
-            rows = rows[rows["teacher"].isin(teachers[:1])]
-        if len(rows):
-            row = rows.iloc[0]
-            label = row["label"] if method == "init" else f"Teacher {row['teacher']} (full model)"
-            lines.append((label, float(row["ICL composite"]), linestyle))
+    rows = results[(results["method"] == "init") & results["ICL composite"].notna()]
+    if len(rows):
+        value = float(rows.iloc[0]["ICL composite"])
+        label = f"{rows.iloc[0]['label']}: {100 * value:.1f}%"
+        lines.append((label, value, {"color": "black", "linestyle": "--"}))
+    colors = dict(zip(teachers, _colors(len(teachers))))
+    rows = results[(results["method"] == "teacher") & results["ICL composite"].notna()]
+    for _, row in rows.drop_duplicates("teacher").iterrows():
+        style = {"color": colors.get(row["teacher"], "0.3"), "linestyle": ":"}
+        value = float(row["ICL composite"])
+        lines.append((f"teacher {row['teacher']} (full model): {100 * value:.1f}%", value, style))
     return lines
 
 
+def _bar_notes(ax: Axes, positions: np.ndarray, values: np.ndarray, top: float) -> None:
+    """Say "0" over a zero bar and "n/a" where nothing was measured: both draw no bar."""
+    for x, value in zip(positions, values):
+        if np.isnan(value):
+            ax.text(x, 0.01 * top, "n/a", ha="center", va="bottom", fontsize=6, color="0.4",
+                    rotation=90)  # fmt: skip
+        elif value == 0:
+            ax.text(x, 0.01 * top, "0", ha="center", va="bottom", fontsize=7)
+
+
 def plot_icl_composite(results: pd.DataFrame, teachers: Sequence[str] | None = None) -> Figure:
-    """Grouped bars: one group per method/budget, one bar per teacher, error bars = std over
-    demonstration seeds; reference lines for the init and the smallest teacher."""
+    """Grouped bars: one group per method/budget, one bar per teacher; error bars = std over
+    demonstration seeds, clipped at 0 (accuracy cannot be negative); "0" and "n/a" written
+    where no bar shows; reference lines for the warm start and every teacher."""
     students = results[~results["method"].isin(("teacher", "init"))]
     teachers = _ladder(results["teacher"], teachers)
     mean = students.pivot(index="label", columns="teacher", values="ICL composite")
@@ -145,36 +234,56 @@ def plot_icl_composite(results: pd.DataFrame, teachers: Sequence[str] | None = N
     labels = list(dict.fromkeys(students["label"]))
     mean, std = (f.reindex(index=labels, columns=teachers) for f in (mean, std))
     references = _icl_references(results, teachers)
-    figure = _new_figure(max(6.0, 1.4 * len(labels) + 2.0), 4.5)
+    figure = _new_figure(max(6.5, 1.4 * len(labels) + 3.0), 4.5)
     ax = figure.add_subplot()
     if mean.isna().all().all() and not references:
         _no_data(ax, "ICL results")
         return figure
+    highs = [np.nanmax((mean + std.fillna(0)).to_numpy(float), initial=0.0)]
+    top = max([*highs, *(value for _, value, _ in references), 0.01])
     width = 0.8 / max(1, len(teachers))
     x = np.arange(len(labels))
     for k, (color, teacher) in enumerate(zip(_colors(len(teachers)), teachers)):
-        # A missing std draws no error bar; a missing mean draws no bar (never a zero bar).
         offset = (k - (len(teachers) - 1) / 2) * width
-        ax.bar(
-            x + offset, mean[teacher].to_numpy(float), width, color=color, label=teacher,
-            yerr=std[teacher].fillna(0.0).to_numpy(float), capsize=3,
-        )  # fmt: skip
-    for label, value, linestyle in references:
-        ax.axhline(value, color="black", linestyle=linestyle, label=label)
+        values, spread = mean[teacher].to_numpy(float), std[teacher].fillna(0.0).to_numpy(float)
+        below = np.minimum(spread, np.nan_to_num(values))  # clip the bar's error at 0
+        ax.bar(x + offset, values, width, color=color, label=f"students of {teacher}",
+               yerr=np.vstack([below, spread]), capsize=3)  # fmt: skip
+        _bar_notes(ax, x + offset, values, top)
+    for label, value, style in references:
+        ax.axhline(value, label=label, **style)
     ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_ylim(0.0, 1.15 * top)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_ylabel("ICL composite (macro mean over probes)")
-    ax.set_title("In-context-learning retention (error bars: std over demonstration seeds)")
+    ax.set_ylabel("ICL composite: exact match, macro mean over probes")
+    ax.set_title(
+        "ICL composite accuracy per method and teacher\n"
+        "(error bars: std over demonstration seeds, clipped at 0; n/a: not measured)",
+        fontsize=10,
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # bars stay visible
     return figure
 
 
+def removal_step(steps: Sequence[float], actual: Sequence[float], final: float) -> float | None:
+    """First step from which the realised dense fraction stays within 0.005 of ``final``
+    (the controller has finished removing dense paths); None if it never gets there."""
+    done = None
+    for step, value in zip(steps, actual):
+        if abs(value - final) <= 0.005:
+            done = step if done is None else done
+        else:
+            done = None
+    return done
+
+
 def plot_trajectories(trajectories: pd.DataFrame, teachers: Sequence[str] | None = None) -> Figure:
     """One panel per teacher: target dense fraction f(p) dashed, realised C(t)/Σc solid, one
-    colour per budget, the same on every panel."""
+    colour per budget, the same on every panel; a dotted vertical line where each budget's
+    removals end (the steps after it are all the student has to recover)."""
     teachers = _ladder(trajectories["teacher"], teachers)
-    figure = _new_figure(4.5 * max(1, len(teachers)), 4.0)
+    figure = _new_figure(4.5 * max(1, len(teachers)), 4.8)
     if not teachers:
         _no_data(figure.add_subplot(), "controller trajectories")
         return figure
@@ -190,13 +299,60 @@ def plot_trajectories(trajectories: pd.DataFrame, teachers: Sequence[str] | None
                 run["step"], run["target"], color=color, linestyle="--", label=f"{label} target"
             )
             ax.plot(run["step"], run["actual"], color=color, label=f"{label} actual")
+            done = removal_step(list(run["step"]), list(run["actual"]), run["target"].iloc[-1])
+            if done is not None:
+                ax.axvline(done, color=color, linestyle=":", linewidth=1.0,
+                           label=f"{label}: removals end (step {done:g})")  # fmt: skip
         ax.set_title(f"teacher {teacher}")
         ax.set_xlabel("optimizer step")
         ax.set_ylim(-0.02, 1.05)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("dense fraction of adapted-module MACs")
-    axes[0].legend(fontsize=7)
+    handles, names = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:  # a budget's removal step may differ per teacher: name every line
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            if name not in names:
+                handles.append(handle)
+                names.append(name)
+    figure.legend(handles, names, loc="outside lower center", ncol=3, fontsize=7)
     return figure
+
+
+def plot_module_history(history: pd.DataFrame) -> Figure:
+    """One cell's per-module controller history (``run_metrics.module_history``): alpha of
+    every module over the logged steps as a heatmap, and the active rank beside it when the
+    modules have gates."""
+    panels = ["alpha"] + (["rank"] if history["rank"].notna().any() else [])
+    modules = list(dict.fromkeys(history["module"]))
+    figure = _new_figure(5.0 * len(panels) + 1.0, max(3.0, 0.16 * len(modules) + 1.5))
+    if history.empty:
+        _no_data(figure.add_subplot(), "per-module histories")
+        return figure
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, value in zip(axes, panels):
+        grid = history.pivot(index="module", columns="step", values=value).reindex(modules)
+        steps = grid.columns.to_numpy(float)
+        image = ax.pcolormesh(
+            _edges(steps), np.arange(len(modules) + 1), grid.to_numpy(float),
+            cmap="viridis", vmin=0.0,  # a rank of 0 and an alpha of 0 are both "nothing left"
+            vmax=1.0 if value == "alpha" else max(1.0, float(np.nanmax(grid.to_numpy(float)))),
+            shading="flat",
+        )  # fmt: skip
+        figure.colorbar(image, ax=ax, label="alpha (dense path kept)" if value == "alpha"
+                        else "active rank")  # fmt: skip
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"{value} per module")
+    axes[0].set_yticks(np.arange(len(modules)) + 0.5, modules, fontsize=6)
+    axes[0].invert_yaxis()
+    return figure
+
+
+def _edges(centers: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted step values, for pcolormesh."""
+    if len(centers) == 1:
+        return np.array([centers[0] - 0.5, centers[0] + 0.5])
+    middle = (centers[1:] + centers[:-1]) / 2
+    return np.concatenate([[2 * centers[0] - middle[0]], middle, [2 * centers[-1] - middle[-1]]])
 
 
 def write_atomic(path: Path, data: bytes) -> str:
@@ -225,9 +381,11 @@ def write_figures(
         "icl_composite.png": plot_icl_composite(results, teachers),
         "trajectory.png": plot_trajectories(trajectories, teachers),
     }
-    paths = {}
-    for name, figure in figures.items():
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=150)
-        paths[name] = write_atomic(Path(out_dir) / name, buffer.getvalue())
-    return paths
+    return {name: write_png(figure, Path(out_dir) / name) for name, figure in figures.items()}
+
+
+def write_png(figure: Figure, path: Path, dpi: int = 150) -> str:
+    """Render ``figure`` as a PNG file, atomically; returns the path."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return write_atomic(Path(path), buffer.getvalue())

@@ -35,6 +35,7 @@ import pandas as pd
 
 from tasks.report_figures import FIGURE_CAPTIONS, write_atomic, write_figures
 from tasks.report_figures import pareto_frontier as pareto_frontier  # re-exported
+from tasks.report_summary import warm_start_note
 
 Cell = Mapping[str, Any]
 TeacherOrder = Sequence[str] | None  # ladder order, smallest teacher first; None: as seen
@@ -309,6 +310,21 @@ def trajectory_frame(cells: Sequence[Cell], teacher_order: TeacherOrder = None) 
     return pd.DataFrame(records, columns=["teacher", "label", "step", "target", "actual"])
 
 
+# Column headers for reading (Markdown, the Prefect and MLflow tables, the terminal): short
+# enough that Table 2 of three teachers fits a screen. The CSVs keep the full names.
+DISPLAY_HEADERS = {
+    "Train compute": "Compute", "Train tokens/s (measured)": "Tok/s",
+    "Infer speedup (MAC)": "MAC ×", "Infer speedup (measured)": "Measured ×",
+    "Forward speedup (measured)": "Forward ×", "Generate speedup (measured)": "Generate ×",
+    "Param red. vs LoRA": "Param red.",
+}  # fmt: skip
+
+
+def display_headers(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with :data:`DISPLAY_HEADERS` column names."""
+    return frame.rename(columns=DISPLAY_HEADERS)
+
+
 def _number_format(column: str) -> Callable[[float], str]:
     if column.startswith("PPL ") or column == "Train compute":
         return lambda v: f"{v:.2f}"
@@ -365,11 +381,16 @@ def markdown_table(frame: pd.DataFrame) -> str:
 _SECTIONS = {
     "table2": ("Table 2 — quality and efficiency",
                "Validation perplexity per teacher. Efficiency columns are per method, from the "
-               "first teacher in ladder order that has them. Train compute: adapted-module proxy, "
-               "KD Full = 1 (DESIGN §7). Realised F: final dense fraction of adapted-module MACs."),
+               "first teacher in ladder order that has them. Compute: training-compute proxy of "
+               "the adapted modules, KD Full = 1 (DESIGN §7). Tok/s: measured training tokens/s. "
+               "MAC × and Measured ×: inference speedup of the adapted modules over the dense "
+               "student, by multiply-accumulates and by wall clock. Param red.: fewer parameters "
+               "than LoRA. Realised F: final dense fraction of adapted-module MACs."),
     "table8": ("Table 8 — compressed structure",
                "Per method/budget, from the first teacher with compression info (column Teacher). "
-               "KD LoRA deploys merged: every module kept. Speedups over adapted modules (§5)."),
+               "KD LoRA deploys merged: every module kept. Speedups over the dense student (§5): "
+               "MAC × by multiply-accumulates; Measured ×, Forward × and Generate ×: wall clock of "
+               "the adapted modules, a forward pass and generation."),
     "table9": ("Table 9 — in-context-learning probes",
                "Exact-match accuracy (%), mean ± std over demonstration seeds; Composite is the "
                "macro mean over probes (§9). Trivial baseline: the better of always giving the "
@@ -386,13 +407,18 @@ def _teacher_outputs(cells: Sequence[Cell]) -> str:
 
 
 def _report_markdown(
-    teachers: Sequence[str], markdown: Mapping[str, str], cells: Sequence[Cell] = ()
+    teachers: Sequence[str],
+    markdown: Mapping[str, str],
+    cells: Sequence[Cell] = (),
+    note: str | None = None,
 ) -> str:
     header = f"Teachers (ladder order): {', '.join(teachers)}.{_teacher_outputs(cells)}"
     parts = ["# Budgeted LoRA grid report", "", header]
     for name, text in markdown.items():
         title, caption = _SECTIONS[name]
         parts += ["", f"## {title}", "", caption, "", text.rstrip("\n")]
+        if name == "table2" and note:
+            parts += ["", f"**Note.** {note}"]
     parts += ["", "## Figures", ""]
     parts += [f"![{caption}]({name})\n" for name, caption in FIGURE_CAPTIONS.items()]
     return "\n".join(parts)
@@ -417,11 +443,13 @@ def write_report(
         "table9": (t9.to_frame(), t9.formatted()),
     }
     paths = {"results.csv": write_atomic(out / "results.csv", results.to_csv().encode())}
-    markdown = {name: markdown_table(text) for name, (_, text) in tables.items()}
+    markdown = {name: markdown_table(display_headers(text)) for name, (_, text) in tables.items()}
     for name, (numeric, _) in tables.items():
         paths[f"{name}.csv"] = write_atomic(out / f"{name}.csv", numeric.to_csv().encode())
         paths[f"{name}.md"] = write_atomic(out / f"{name}.md", markdown[name].encode())
-    paths |= write_figures(results, trajectory_frame(cells, teachers), out, teachers)
-    report = _report_markdown(teachers, markdown, cells).encode()
+    trajectories = trajectory_frame(cells, teachers)
+    paths |= write_figures(results, trajectories, out, teachers)
+    note = warm_start_note(results, trajectories)
+    report = _report_markdown(teachers, markdown, cells, note).encode()
     paths["report.md"] = write_atomic(out / "report.md", report)
     return paths

@@ -1,14 +1,18 @@
 """The full grid on the micro preset, walked through the situations users hit:
-a failing stage, the rerun, an unchanged rerun, a changed budget, a forced stage."""
+a failing stage, the rerun, an unchanged rerun, a changed budget, a forced stage; and what
+a person then sees in MLflow and Prefect."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect.artifacts import Artifact
 from prefect.context import TaskRunContext
 
 import tasks.icl
@@ -49,11 +53,21 @@ def _mlflow_runs(out: Path):
 
 
 @pytest.fixture(scope="module")
-def grid_dir(tmp_path_factory, prefect_harness):
+def workdir(tmp_path_factory):
+    """The directory the grid runs from, apart from its output directory: nothing of the
+    grid may land here (MLflow's default ./mlruns did)."""
+    path = tmp_path_factory.mktemp("cwd")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(path)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def grid_dir(tmp_path_factory, prefect_harness, workdir):
     return tmp_path_factory.mktemp("grid")
 
 
-def test_1_failed_stage_fails_only_its_cell(grid_dir, monkeypatch):
+def test_1_failed_stage_fails_only_its_cell(grid_dir, workdir, monkeypatch):
     real = tasks.icl.run_icl_suite
 
     def faulty(*args, **kwargs):
@@ -76,6 +90,8 @@ def test_1_failed_stage_fails_only_its_cell(grid_dir, monkeypatch):
     assert status[FAULTY] == "FAILED"
     assert "RUNNING" not in status.values()
     assert [r.info.status for r in runs if r.data.tags.get("kind") == "grid"] == ["FAILED"]
+    assert list(workdir.iterdir()) == []  # no mlruns/ (or anything else) in the working dir
+    assert (grid_dir / "mlartifacts").is_dir()
 
 
 def test_2_rerun_recomputes_only_the_failed_stage_and_downstream(grid_dir):
@@ -106,6 +122,9 @@ def test_3_tables_have_every_cell_filled(grid_dir):
 
 def test_4_mlflow_parent_and_one_child_per_cell(grid_dir):
     client, runs = _mlflow_runs(grid_dir)
+    experiment = client.get_experiment_by_name("budgeted-lora-micro")
+    assert experiment.artifact_location == (grid_dir / "mlartifacts").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     parents = [r for r in runs if r.data.tags.get("kind") == "grid"]
     latest = max(parents, key=lambda r: r.info.start_time)
     assert latest.info.status == "FINISHED"
@@ -113,27 +132,60 @@ def test_4_mlflow_parent_and_one_child_per_cell(grid_dir):
     cells = [r for r in children if r.data.tags.get("kind") == "cell"]
     assert len(cells) == 2 * 4  # 2 teachers x (kd_full, kd_lora, budgeted F=0, F=0.4)
     for run in cells:
-        tags, metrics = run.data.tags, run.data.metrics
+        tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
         assert {"teacher", "method", "final_fraction", "preset", "grid_id", "git_commit"} <= set(
             tags
         )
-        assert {"ppl", "icl_composite", "train_compute_proxy", "train/tokens_per_s"} <= set(metrics)
+        assert {"ppl", "icl_composite", "speedup_mac", "param_reduction", "train_compute"} <= set(
+            metrics
+        )
+        assert not [key for key in metrics if key.startswith(("alpha/", "rank/"))]
+        assert params["cell.teacher"] == f'"{tags["teacher"]}"'
         assert client.get_metric_history(run.info.run_id, "loss")  # the training curve
         if tags["method"] == "budgeted":
-            assert {
-                "compression/infer_speedup_mac",
-                "compression/param_reduction_vs_lora",
-                "speed/modules_speedup_measured",
-            } <= set(metrics)
+            assert params["budget.final_fraction"] == tags["final_fraction"]  # its own F
+            assert {"speedup_measured", "realised_fraction"} <= set(metrics)
             artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "compressed")}
             assert artifacts == {"compressed/bl_manifest.json", "compressed/structure.csv"}
+            controller = {a.path for a in client.list_artifacts(run.info.run_id, "controller")}
+            assert "controller/module_history.png" in controller
+    zero = [r for r in cells if r.data.tags["final_fraction"] == "0.0"]
+    assert [r.data.params["budget.final_fraction"] for r in zero] == ["0.0", "0.0"]
     assert all(r.info.status != "RUNNING" for r in runs)
+    first = min(parents, key=lambda r: r.info.start_time).info.run_id
+
+    def pretrain_seconds(parent_id: str) -> list[float]:
+        return [
+            (r.info.end_time - r.info.start_time) / 1000
+            for r in runs
+            if r.data.tags.get("kind") == "pretrain"
+            and r.data.tags.get("mlflow.parentRunId") == parent_id
+        ]
+
+    trained = pretrain_seconds(first)  # each its own stage's time, not the wait for both
+    assert len(trained) == 2 and len(set(trained)) == 2 and min(trained) > 0
+    assert pretrain_seconds(latest.info.run_id) == [0, 0]  # from cache, as Prefect says
+    parent_files = {a.path for a in client.list_artifacts(latest.info.run_id)}
+    assert {"figures", "report", "table2.json"} <= parent_files
+    assert "Which budget?" in latest.data.tags["mlflow.note.content"]
+
+
+def test_4b_prefect_report_renders_its_figures(grid_dir):
+    markdown = Artifact.get("grid-report").data
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(links) == 3
+    assert all(link.startswith("data:image/png;base64,") for link in links)  # no relative link
+    data = Artifact.get("table-2").data  # rows, as JSON text
+    table = json.loads(data) if isinstance(data, str) else data
+    assert table[0]["Method"] == "Teacher" and re.fullmatch(r"\d+\.\d\d", table[0]["PPL micro-s"])
 
 
 def test_5_unchanged_rerun_trains_and_evaluates_nothing(grid_dir):
     state, executed = _run(grid_dir)
     assert state.is_completed()
-    assert not {stage for stage, _ in executed} & TRAINING_AND_EVAL
+    assert not executed  # not even the report: its inputs did not change
+    stages = state.result()["stages"]
+    assert stages["from_cache"] == stages["stages"] > 40 and stages["ran"] == 0
 
 
 def test_6_changing_one_budget_reruns_only_its_branch(grid_dir):
@@ -157,7 +209,8 @@ def test_6_changing_one_budget_reruns_only_its_branch(grid_dir):
 def test_7_force_recomputes_one_stage(grid_dir):
     state, executed = _run(grid_dir, force=["evaluate-perplexity"])
     assert state.is_completed()
-    assert {stage for stage, _ in executed} == {"evaluate-perplexity", "aggregate-report"}
+    # The same perplexities again: the report is rewritten only if a number changed.
+    assert {stage for stage, _ in executed} - {"aggregate-report"} == {"evaluate-perplexity"}
     assert sum(1 for stage, _ in executed if stage == "evaluate-perplexity") == 2 + 1 + 8
 
 

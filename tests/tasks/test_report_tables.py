@@ -6,17 +6,19 @@ from __future__ import annotations
 import ast
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from tasks.report_figures import plot_pareto
+from tasks.report_summary import compact_table, warm_start_note
 from tasks.report_tables import (
     COMPOSITE,
     MISSING,
     TABLE2_EFFICIENCY,
+    display_headers,
     format_table,
     format_table8,
     markdown_table,
@@ -26,6 +28,7 @@ from tasks.report_tables import (
     table2,
     table8,
     table9,
+    trajectory_frame,
     write_report,
 )
 
@@ -202,15 +205,6 @@ def test_pareto_frontier_hand_example() -> None:
     assert pareto_frontier([]) == []
 
 
-def test_pareto_plot_uses_one_speedup_basis(grid: list[dict[str, Any]]) -> None:
-    def xlabel(cells: list[dict[str, Any]]) -> str:
-        return plot_pareto(results_frame(cells)).axes[0].get_xlabel()
-
-    assert "measured" in xlabel(grid)
-    grid[0]["speed"] = None  # one budgeted cell unmeasured: every point falls back to MAC
-    assert "MAC" in xlabel(grid)
-
-
 def test_write_report_files_round_trip(grid: list[dict[str, Any]], tmp_path: Path) -> None:
     paths = write_report(grid, tmp_path / "report")
     assert list(paths) == FILES
@@ -226,7 +220,8 @@ def test_write_report_files_round_trip(grid: list[dict[str, Any]], tmp_path: Pat
     pd.testing.assert_frame_equal(t9, table9(grid).to_frame())
     report = Path(paths["report.md"]).read_text()
     assert "## Table 2" in report and "| Budgeted F=0.4 | 24.60 | 25.60 |" in report
-    assert "![PPL vs inference speedup, Pareto frontier per teacher](pareto.png)" in report
+    assert "](pareto.png)" in report and "](trajectory.png)" in report  # beside report.md
+    assert "| Method | PPL tiny-s | PPL tiny-m | Compute | Tok/s | MAC × |" in report
 
 
 def test_write_report_with_no_results(tmp_path: Path) -> None:
@@ -259,3 +254,27 @@ def test_report_modules_import_no_orchestration_or_tracking() -> None:
             if isinstance(n, ast.ImportFrom) and n.module
         }
         assert not roots & {"prefect", "mlflow", "torch", "flows"}, name
+
+
+def test_the_report_says_when_a_budget_is_worse_than_the_warm_start(grid, tmp_path) -> None:
+    worse = [cell | {"ppl": 70.0} if cell.get("final_fraction") == 0.0 else cell for cell in grid]
+    note = warm_start_note(results_frame(worse), trajectory_frame(worse))
+    assert note.startswith("Worse than the untrained warm start (PPL 60.00): Budgeted F=0.0")
+    assert "loses its last dense path at step 12 of 21, leaving 9 steps to recover" in note
+    assert "Budgeted F=0.4" not in note
+    assert note.endswith(".") and not re.search(r"\.\s+[A-Z]", note)  # one sentence
+    write_report(worse, tmp_path)
+    assert f"**Note.** {note}" in (tmp_path / "report.md").read_text()
+    assert warm_start_note(results_frame(grid), trajectory_frame(grid)) is None  # all better
+
+
+def test_compact_table_fits_a_terminal(grid) -> None:
+    shown = display_headers(format_table(table2(grid)))
+    text = compact_table(shown, width=100)
+    lines = text.splitlines()
+    assert lines[0].split() == ["Method", "PPL", "tiny-s", "PPL", "tiny-m", "MAC", "×",
+                                "Measured", "×", "Param", "red.", "Compute"]  # fmt: skip
+    assert max(map(len, lines)) <= 100 and len(lines) == 2 + 6
+    narrow = compact_table(shown, width=60)
+    assert max(map(len, narrow.splitlines())) <= 60 and "Compute" not in narrow
+    assert compact_table(shown, width=20) == ""  # not even the perplexities fit
