@@ -16,7 +16,7 @@ from bl_core.config import BudgetedLoRAConfig, config_from_dict
 from bl_core.errors import ConfigError
 from flows import status
 from tasks import progress, tracking
-from tasks.common import cell_label, configure_stage
+from tasks.common import absolutize, cell_label, configure_stage
 from tasks.compress import compress_task
 from tasks.corpus import split_corpus_task
 from tasks.distill import cell_config, cohort_task, distill_task, training_sections
@@ -138,7 +138,7 @@ class GridContext:
             state = future.state
             ok = state.is_completed()
             if ok:
-                self.teacher_refs[name] = future.result()
+                self.teacher_refs[name] = absolutize(future.result(), out)
             ended = tracking.millis(state.timestamp)  # the stage's end, not this loop's
             run_id = tracking.start_run(run_refs[name], start_time=ended)  # cached: no body ran
             summary = self.teacher_refs.get(name, {}).get("pretrain_summary") or {}
@@ -190,8 +190,10 @@ def cell_params(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     return params | {"cell": spec}
 
 
-def _collect(stages: dict[str, PrefectFuture | None]) -> tuple[dict[str, Any], list[str]]:
-    """Results of completed stages and messages for the others."""
+def _collect(
+    stages: dict[str, PrefectFuture | None], output_dir: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Results of completed stages (paths absolute) and messages for the others."""
     wait([f for f in stages.values() if f is not None])
     results, errors = {}, []
     for name, future in stages.items():
@@ -199,7 +201,7 @@ def _collect(stages: dict[str, PrefectFuture | None]) -> tuple[dict[str, Any], l
             continue
         state = future.state
         if state.is_completed():
-            results[name] = future.result()
+            results[name] = absolutize(future.result(), output_dir)
         else:
             errors.append(f"{name}: {state.name}: {state.message}")
     return results, errors
@@ -368,7 +370,7 @@ def run_cell(
                 out, label, compressed, ctx.student_ref, c["speed"], c["packing"]["seq_len"]
             ),
         }
-        results, errors = _collect(stages)
+        results, errors = _collect(stages, out)
         cell |= _cell_fields(results)
         cell["status"] = "ok" if not errors else "failed"
         if errors:
@@ -403,7 +405,8 @@ def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[st
                     out, label, model, ctx.val_data, c["perplexity"]
                 ),
                 "icl": ctx.task(icl_task).submit(out, label, model, ctx.tokenizer, c["icl"]),
-            }
+            },
+            out,
         )
         cell |= _cell_fields(results)
         cell["status"] = "ok" if not errors else "failed"
