@@ -17,16 +17,26 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+def looks_like_path(name_or_path: str) -> bool:
+    """A ``--config`` value is a path if it contains ``/`` or ends in ``.yaml``/``.yml``;
+    anything else is a preset name (a same-named file or directory in the working
+    directory does not shadow a preset)."""
+    return "/" in name_or_path or name_or_path.endswith((".yaml", ".yml"))
+
+
 def resolve_config(name_or_path: str) -> tuple[BudgetedLoRAConfig, str]:
-    """``(config, preset_name)`` for a preset name (``tiny``) or a YAML path."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    """``(config, preset_name)`` for a preset name (``tiny``) or a YAML path
+    (``configs/mine.yaml``, ``./mine.yaml``): see :func:`looks_like_path`."""
+    if looks_like_path(name_or_path):
+        path = Path(name_or_path)
         return load_config(path), path.stem
     preset = PRESETS_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
+        hint = f"; for a file, write ./{name_or_path}" if Path(name_or_path).is_file() else ""
         raise ConfigError(
-            f"config {name_or_path!r} is neither a YAML file nor a preset "
-            f"(presets: {', '.join(available_presets())})"
+            f"config {name_or_path!r} is not a preset (presets: "
+            f"{', '.join(available_presets())}) nor a path (a path contains '/' or ends in "
+            f".yaml){hint}"
         )
     return load_config(preset), name_or_path
 

@@ -48,6 +48,9 @@ class GridContext:
     val_data: dict[str, Any] = field(default_factory=dict)
     teacher_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
     student_ref: dict[str, Any] = field(default_factory=dict)
+    # rungs to prepare (None: the whole ladder; [] the largest); the smallest is always
+    # added, as the student's warm start
+    rungs: list[str] | None = None
 
     @property
     def cfg(self) -> BudgetedLoRAConfig:
@@ -83,9 +86,17 @@ class GridContext:
 
     @classmethod
     def start(
-        cls, cfg: BudgetedLoRAConfig, preset: str, out: str, force: list[str], grid_id: str
+        cls,
+        cfg: BudgetedLoRAConfig,
+        preset: str,
+        out: str,
+        force: list[str],
+        grid_id: str,
+        rungs: list[str] | None = None,
+        run_name: str = "grid",
     ) -> GridContext:
-        """Open the parent MLflow run and run the shared stages."""
+        """Open the parent MLflow run and run the shared stages (preparing only ``rungs``
+        and the smallest rung, when given)."""
         status.start(grid_id, out)
         progress.set_grid_flow_run(grid_id)
         uri = tracking.set_tracking_uri(out, cfg.tracking.uri)
@@ -93,9 +104,9 @@ class GridContext:
         experiment = cfg.tracking.experiment or f"budgeted-lora-{preset}"
         tracking.setup_experiment(experiment)
         config = cfg.model_dump(mode="json")
-        ctx = cls(config, preset, out, list(force), grid_id, experiment, "")
+        ctx = cls(config, preset, out, list(force), grid_id, experiment, "", rungs=rungs)
         ctx.parent_run_id = tracking.open_run(
-            experiment, f"grid-{preset}-{grid_id[:8]}", ctx.tags(kind="grid"), config
+            experiment, f"{run_name}-{preset}-{grid_id[:8]}", ctx.tags(kind=run_name), config
         )
         try:
             ctx._prepare_shared()
@@ -113,10 +124,11 @@ class GridContext:
         self.tokenizer = self.task(tokenizer_task)(out, c["tokenizer"], c["teachers"], split)
         self.train_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "train")
         self.val_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "val")
-        names = ", ".join(t["name"] for t in c["teachers"])
+        ladder = self._rungs_to_prepare()
+        names = ", ".join(t["name"] for t in ladder)
         say(f"teachers: preparing {names} (embedded rungs are pretrained once, then cached)")
         futures, run_refs = {}, {}
-        for teacher in c["teachers"]:
+        for teacher in ladder:
             # Opened when its pretraining starts, not now: each run shows its own duration.
             run_refs[teacher["name"]] = tracking.defer_run(
                 self.experiment,
@@ -157,6 +169,19 @@ class GridContext:
             raise RuntimeError(f"teacher preparation failed for {', '.join(failed)}")
         smallest = min(self.teacher_refs.values(), key=lambda t: t["num_params"])
         self.student_ref = self.task(student_task)(out, c["student"], smallest, self.tokenizer)
+
+    def _rungs_to_prepare(self) -> list[dict[str, Any]]:
+        """The ladder, or the named rungs (none named: the largest) plus the smallest."""
+        teachers = self.config["teachers"]
+        if self.rungs is None:
+            return teachers
+        from bl_core.ladder import rung_num_params
+
+        cfg, vocab = self.cfg, self.tokenizer["vocab_size"]
+        sizes = {t.name: rung_num_params(t, vocab) for t in cfg.teachers}
+        wanted = set(self.rungs or [max(sizes, key=sizes.__getitem__)])
+        wanted.add(min(sizes, key=sizes.__getitem__))
+        return [t for t in teachers if t["name"] in wanted]
 
     def scratch_spec(self) -> dict[str, Any]:
         base = self.student_ref["from_teacher"]
