@@ -140,3 +140,66 @@ def test_a_store_copied_elsewhere_is_served_from_cache_by_another_worker(tmp_pat
         hidden.rename(store)
     assert read_executions(copy)[before:] == []
     assert " from cache, 0 ran " in done.stdout
+
+
+def train_command(store: Path, fv_dir: Path, *extra: str) -> list[str]:
+    """``bl train`` with the grid's overrides (the same stage keys)."""
+    grid = grid_command(store, fv_dir)
+    overrides = grid[grid.index("--set") :]
+    return [*grid[:3], "train", "--config", "micro", "--out", str(store), *overrides, *extra]
+
+
+def _train(tmp_path: Path, baseline, api_url: str, *extra: str) -> tuple[Path, list[dict]]:
+    store = shutil.copytree(baseline[2], tmp_path / "store")
+    before = len(read_executions(store))
+    run_bl(baseline[0], train_command(store, baseline[1], *extra), api_url)
+    return store, read_executions(store)[before:]
+
+
+def _weights(store: Path) -> dict[Path, bytes]:
+    found = (store / "stages" / "distill").rglob("*.safetensors")
+    return {p.relative_to(store): p.read_bytes() for p in found if "checkpoint" not in str(p)}
+
+
+def test_bl_train_after_a_grid_runs_only_its_cell_into_the_grids_experiment(
+    tmp_path, baseline, api_url
+):
+    from mlflow.tracking import MlflowClient
+
+    cell = ("--method", "kd_lora", "--teacher", "micro-s")
+    store, executed = _train(tmp_path, baseline, api_url, *cell)
+    assert {e["label"] for e in executed} == {"micro-s/kd_lora/s0"}
+    assert {e["stage"] for e in executed} == {
+        "distill",
+        "compress",
+        "evaluate-perplexity",
+        "evaluate-icl",
+        "measure-speed",
+    }
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("budgeted-lora-micro")
+    names = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
+    assert {"micro-s/kd_lora/s0", "micro-s/budgeted-F0.00/s0", "micro-s/teacher"} <= names
+
+
+def test_bl_train_with_a_new_learning_rate_retrains_the_cell_only(tmp_path, baseline, api_url):
+    cell = ("--method", "budgeted", "--final-fraction", "0.0", "--teacher", "micro-s")
+    old = _weights(baseline[2])
+    store, executed = _train(
+        tmp_path, baseline, api_url, *cell, "--set", "train.learning_rate=1e-3"
+    )
+    assert {e["stage"] for e in executed} >= {"distill", "compress", "evaluate-perplexity"}
+    assert not {e["stage"] for e in executed} & (DATA_STAGES | {"prepare-teacher", "build-student"})
+    new = {path: data for path, data in _weights(store).items() if path not in old}
+    assert new and all(data not in old.values() for data in new.values())  # new weights
+
+
+def test_bl_train_with_new_pretraining_tokens_retrains_the_needed_teacher(
+    tmp_path, baseline, api_url
+):
+    cell = ("--method", "budgeted", "--final-fraction", "0.0", "--teacher", "micro-s")
+    _, executed = _train(tmp_path, baseline, api_url, *cell, "--set", "pretrain.total_tokens=20480")
+    stages = {e["stage"] for e in executed}
+    assert stages >= {"prepare-teacher", "build-student", "distill"} and not stages & DATA_STAGES
+    # only the named teacher, which is also the smallest (the warm start): not micro-m
+    assert {e["label"] for e in executed if e["stage"] == "prepare-teacher"} == {"micro-s"}
