@@ -104,13 +104,14 @@ def _check_paths(args: argparse.Namespace) -> None:
     for flag, value in (("--ppl-data", args.ppl_data), ("--lm-eval-include", args.lm_eval_include)):
         if value is not None and not Path(value).is_dir():
             raise InputError(f"{flag} {value!r} is not a directory")
-    if args.out is not None and not Path(args.out).resolve().parent.is_dir():
-        raise InputError(
-            f"--out {args.out!r}: directory {str(Path(args.out).parent)!r} does not exist"
-        )
-    looks_local = args.model_dir.startswith((".", "/", "~")) or args.model_dir.count("/") != 1
-    if looks_local and args.revision is None and not Path(args.model_dir).exists():
-        raise InputError(f"MODEL {args.model_dir!r} does not exist (nor is it a Hub id org/name)")
+    if args.out is None:
+        return
+    out = Path(args.out).resolve()
+    if out.is_dir():
+        raise InputError(f"--out {args.out!r} is a directory; give a file, e.g. eval.json")
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise InputError(f"--out {args.out!r}: {str(blocked)!r} is a file, not a directory")
 
 
 def _resolve_device(name: str | None) -> torch.device:
