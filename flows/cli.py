@@ -234,11 +234,16 @@ def run_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def bl_parser() -> argparse.ArgumentParser:
+    """Every ``bl`` subcommand: bl_core's and the Prefect-backed ones."""
+    return build_parser(extra=[add_grid_parser, add_train_parser, add_scaling_parser])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] in (["grid"], ["train"]) and not {"-h", "--help"} & set(args):
         _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...")
-    parser = build_parser(extra=[add_grid_parser, add_train_parser, add_scaling_parser])
+    parser = bl_parser()
     return run_parsed(parser, argv)
 
 
