@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import glob
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,12 +99,22 @@ def code_fingerprint(name: str) -> str:
 
 
 def path_fingerprint(path: str | Path) -> str:
-    """sha256 of a file's bytes, or of a directory's files (relative names + bytes)."""
+    """sha256 of a file's bytes, of a directory's files or of a glob's matches (names +
+    bytes)."""
+    if glob.has_magic(str(path)):
+        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        return _files_digest([(str(p), p) for p in matches if p.is_file()])
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return _files_digest([(str(p.relative_to(path)), p) for p in files])
+    return _files_digest([(path.name, path)])
+
+
+def _files_digest(files: list[tuple[str, Path]]) -> str:
     digest = hashlib.sha256()
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+    for name, file in files:
+        digest.update(name.encode())
         stat = file.stat()
         if stat.st_size > _BIG_FILE:
             digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -112,10 +123,14 @@ def path_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _is_local(path: str) -> bool:
+    return Path(path).exists() or (glob.has_magic(path) and bool(glob.glob(path, recursive=True)))
+
+
 def _read_paths(value: Any) -> Iterator[str]:
     if isinstance(value, dict):
         for key, item in value.items():
-            if key in PATH_FIELDS and isinstance(item, str) and Path(item).exists():
+            if key in PATH_FIELDS and isinstance(item, str) and _is_local(item):
                 yield item
             else:
                 yield from _read_paths(item)
@@ -131,8 +146,7 @@ def read_files_fingerprint(value: Any, output_dir: str | Path | None = None) -> 
     root = Path(output_dir).resolve() if output_dir else None
     found = {}
     for item in _read_paths(value):
-        resolved = Path(item).resolve()
-        if root is not None and resolved.is_relative_to(root):
+        if root is not None and Path(item).resolve().is_relative_to(root):
             continue
-        found[item] = path_fingerprint(resolved)
+        found[item] = path_fingerprint(item)
     return found

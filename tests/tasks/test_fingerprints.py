@@ -3,6 +3,8 @@ pins the examples the end-to-end reruns (tests/flows/test_reruns.py) show."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tasks import fingerprints
@@ -86,3 +88,29 @@ def test_read_files_are_keyed_by_content_not_artifacts(tmp_path):
     corpus.write_text('{"text": "b"}\n')
     assert read_files_fingerprint(section, out) != first
     assert read_files_fingerprint({"teacher": {"path": "org/hub-model"}}) == {}
+
+
+def test_a_corpus_glob_is_keyed_by_the_files_it_matches(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "a"}\n')
+    section = {"corpus": {"path": str(tmp_path / "*.jsonl")}}
+    first = read_files_fingerprint(section)
+    (tmp_path / "b.jsonl").write_text('{"text": "b"}\n')
+    assert read_files_fingerprint(section) != first
+
+
+def test_cutting_a_local_corpus_resplits_it(tmp_path):
+    """The reported bug: a JSONL corpus cut from 600 to 200 documents kept its old split."""
+    from bl_core.config import config_from_dict
+    from tasks.corpus import split_corpus_task
+
+    corpus_path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"text": f"document number {i} " * 8}) for i in range(600)]
+    corpus_path.write_text("\n".join(lines) + "\n")
+    corpus = config_from_dict({"corpus": {"source": "jsonl", "path": str(corpus_path)}})
+    section = corpus.corpus.model_dump(mode="json")
+    (tmp_path / "out").mkdir()
+    first = split_corpus_task.fn(str(tmp_path / "out"), section)
+    corpus_path.write_text("\n".join(lines[:200]) + "\n")
+    second = split_corpus_task.fn(str(tmp_path / "out"), section)
+    assert first["num_train_documents"] + first["num_eval_documents"] == 600
+    assert second["num_train_documents"] + second["num_eval_documents"] == 200
