@@ -185,11 +185,13 @@ def _run_lm_eval(args: argparse.Namespace, model: Any, tokenizer: Any, device: A
 
 
 def run(args: argparse.Namespace) -> int:
+    from bl_core.allocator import tune_cpu_allocator
     from bl_core.checkpoint import load_causal_lm
     from bl_core.hub import resolve_model_dir
     from bl_core.icl import run_icl_suite
     from bl_core.perplexity import perplexity
 
+    tune_cpu_allocator()  # again, now that torch is loaded (the heap it tunes is torch's)
     start = time.perf_counter()
     cfg, run_icl = _resolve_config(args)
     _check_paths(args)
