@@ -144,7 +144,10 @@ def run_grid(args: argparse.Namespace) -> int:
     from flows.grid import full_grid  # imports prefect: only now that its env is set
 
     if not os.environ.get("PREFECT_API_URL"):
-        _status("starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)")
+        _status(
+            "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
+            "train",
+        )
     result = full_grid(
         config=args.config,
         output_dir=str(out),
@@ -159,9 +162,9 @@ def run_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(message: str) -> None:
+def _status(message: str, command: str = "grid") -> None:
     """A line for the silent phases before the flow's own logging starts."""
-    print(f"bl grid: {message}", file=sys.stderr, flush=True)
+    print(f"bl {command}: {message}", file=sys.stderr, flush=True)
 
 
 def print_summary(result: dict, out: Path, width: int = 100) -> None:
@@ -242,7 +245,7 @@ def bl_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] in (["grid"], ["train"]) and not {"-h", "--help"} & set(args):
-        _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...")
+        _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...", args[0])
     parser = bl_parser()
     return run_parsed(parser, argv)
 
