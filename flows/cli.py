@@ -107,7 +107,10 @@ def run_train(args: argparse.Namespace) -> int:
     from flows.grid import single_run  # imports prefect: only now that its env is set
 
     if not os.environ.get("PREFECT_API_URL"):
-        _status("starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)")
+        _status(
+            "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
+            "train",
+        )
     cell = single_run(
         config=args.config,
         teacher=args.teacher,
@@ -146,7 +149,7 @@ def run_grid(args: argparse.Namespace) -> int:
     if not os.environ.get("PREFECT_API_URL"):
         _status(
             "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
-            "train",
+            "grid",
         )
     result = full_grid(
         config=args.config,
