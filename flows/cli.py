@@ -99,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--teacher {args.teacher!r} is not in the ladder (known: {', '.join(known)})"
         )
-    from bl_core.preset_files import parse_overrides
+    from bl_core.preset_files import config_path, parse_overrides
 
     out = Path(args.out or Path("outputs") / preset).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
             "train",
         )
     cell = single_run(
-        config=args.config,
+        config=str(config_path(args.config)),  # the name resolved once, here
         teacher=args.teacher,
         method=args.method,
         final_fraction=args.final_fraction,
@@ -137,7 +137,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from bl_core.preset_files import parse_overrides
+    from bl_core.preset_files import config_path, parse_overrides
 
     _, preset = load_config_arguments(args)  # bad values fail before Prefect starts
     overrides = parse_overrides(args.set)
@@ -152,7 +152,7 @@ def run_grid(args: argparse.Namespace) -> int:
             "grid",
         )
     result = full_grid(
-        config=args.config,
+        config=str(config_path(args.config)),  # the name resolved once, here
         output_dir=str(out),
         teachers=args.teachers,
         methods=args.methods,
@@ -215,7 +215,7 @@ def add_scaling_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_scaling(args: argparse.Namespace) -> int:
-    from bl_core.preset_files import parse_overrides
+    from bl_core.preset_files import config_path, parse_overrides
 
     _, preset = load_config_arguments(args)  # bad values fail before Prefect starts
     overrides = parse_overrides(args.set)
@@ -225,7 +225,7 @@ def run_scaling(args: argparse.Namespace) -> int:
     from flows.scaling import token_scaling  # imports prefect: only now that its env is set
 
     result = token_scaling(
-        config=args.config,
+        config=str(config_path(args.config)),  # the name resolved once, here
         output_dir=str(out),
         teacher=args.teacher,
         steps=args.steps,

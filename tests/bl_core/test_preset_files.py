@@ -30,3 +30,13 @@ def test_an_unknown_name_lists_the_presets_and_the_path_rule(tmp_path, monkeypat
     (tmp_path / "mine").write_text("lora: {rank: 4}\n")
     with pytest.raises(ConfigError, match=r"'mine' is not a preset .*micro.*write ./mine"):
         resolve_config("mine")
+
+
+def test_the_cli_resolves_a_name_once_to_the_preset_file(tmp_path, monkeypatch):
+    from bl_core.preset_files import PRESETS_DIR, config_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "micro").mkdir()
+    path = config_path("micro")
+    assert path == PRESETS_DIR / "micro.yaml"
+    assert resolve_config(str(path))[1] == "micro"  # the flow gets the same preset name
