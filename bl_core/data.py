@@ -124,7 +124,8 @@ def pack_stage(
 
 
 def prepare_data(cfg: BudgetedLoRAConfig, data_root: str | Path) -> DataArtifacts:
-    """All three stages under ``data_root/<data_key>/`` (what ``bl train`` uses)."""
+    """All three stages under ``data_root/<data_key>/`` in one call (tests and scripts;
+    the pipeline runs them as separate cached stages)."""
     root = Path(data_root) / data_key(cfg, resolve_tokenizer_path(cfg))
     split_stage(cfg, root / "split")
     tok_dir, vocab_size = tokenizer_stage(cfg, root / "split", root / "tokenizer")

@@ -106,6 +106,19 @@ def _describe(name: str, model_dir: str, config, summary: dict[str, Any]) -> dic
     }
 
 
+def rung_num_params(teacher: TeacherConfig, vocab_size: int) -> int:
+    """A rung's parameter count from its config alone (meta device: no weights, no
+    pretraining), so a single run can tell the smallest rung before preparing it."""
+    if teacher.path:
+        model_dir = resolve_model_dir(teacher.path, teacher.revision, f"teacher {teacher.name!r}")
+        config = load_model_config(model_dir)
+    else:
+        config = arch_to_config(teacher.arch, vocab_size, 0, None)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def smallest(teachers: list[dict[str, Any]]) -> dict[str, Any]:
     """The rung every student is warm-started from, whatever teacher distils into it."""
     if not teachers:

@@ -17,18 +17,37 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-def resolve_config(name_or_path: str) -> tuple[BudgetedLoRAConfig, str]:
-    """``(config, preset_name)`` for a preset name (``tiny``) or a YAML path."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return load_config(path), path.stem
+def looks_like_path(name_or_path: str) -> bool:
+    """A ``--config`` value is a path if it contains ``/`` or ends in ``.yaml``/``.yml``;
+    anything else is a preset name (a same-named file or directory in the working
+    directory does not shadow a preset)."""
+    return "/" in name_or_path or name_or_path.endswith((".yaml", ".yml"))
+
+
+def config_path(name_or_path: str) -> Path:
+    """The YAML file a ``--config`` value names (see :func:`looks_like_path`); resolve it
+    once, before any work, and pass the path on."""
+    if looks_like_path(name_or_path):
+        return Path(name_or_path).resolve()
     preset = PRESETS_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
+        hint = f"; for a file, write ./{name_or_path}" if Path(name_or_path).is_file() else ""
         raise ConfigError(
-            f"config {name_or_path!r} is neither a YAML file nor a preset "
-            f"(presets: {', '.join(available_presets())})"
+            f"config {name_or_path!r} is not a preset (presets: "
+            f"{', '.join(available_presets())}) nor a path (a path contains '/' or ends in "
+            f".yaml){hint}"
         )
-    return load_config(preset), name_or_path
+    return preset
+
+
+def resolve_config(name_or_path: str) -> tuple[BudgetedLoRAConfig, str]:
+    """``(config, preset_name)`` for a preset name (``tiny``) or a YAML path
+    (``configs/mine.yaml``, ``./mine.yaml``): see :func:`looks_like_path`. The name is the
+    file's stem, so a resolved preset path gives the preset's name again."""
+    if looks_like_path(name_or_path) and not Path(name_or_path).is_file():
+        return load_config(name_or_path), Path(name_or_path).stem  # names the missing file
+    path = config_path(name_or_path)
+    return load_config(path), path.stem
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from bl_core.config import BudgetedLoRAConfig, config_from_dict
 from bl_core.errors import ConfigError
 from flows import status
 from tasks import progress, tracking
-from tasks.common import cell_label, configure_stage
+from tasks.common import absolutize, cell_label, configure_stage
 from tasks.compress import compress_task
 from tasks.corpus import split_corpus_task
 from tasks.distill import cell_config, cohort_task, distill_task, training_sections
@@ -48,6 +48,9 @@ class GridContext:
     val_data: dict[str, Any] = field(default_factory=dict)
     teacher_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
     student_ref: dict[str, Any] = field(default_factory=dict)
+    # rungs to prepare (None: the whole ladder; [] the largest); the smallest is always
+    # added, as the student's warm start
+    rungs: list[str] | None = None
 
     @property
     def cfg(self) -> BudgetedLoRAConfig:
@@ -83,9 +86,17 @@ class GridContext:
 
     @classmethod
     def start(
-        cls, cfg: BudgetedLoRAConfig, preset: str, out: str, force: list[str], grid_id: str
+        cls,
+        cfg: BudgetedLoRAConfig,
+        preset: str,
+        out: str,
+        force: list[str],
+        grid_id: str,
+        rungs: list[str] | None = None,
+        run_name: str = "grid",
     ) -> GridContext:
-        """Open the parent MLflow run and run the shared stages."""
+        """Open the parent MLflow run and run the shared stages (preparing only ``rungs``
+        and the smallest rung, when given)."""
         status.start(grid_id, out)
         progress.set_grid_flow_run(grid_id)
         uri = tracking.set_tracking_uri(out, cfg.tracking.uri)
@@ -93,9 +104,9 @@ class GridContext:
         experiment = cfg.tracking.experiment or f"budgeted-lora-{preset}"
         tracking.setup_experiment(experiment)
         config = cfg.model_dump(mode="json")
-        ctx = cls(config, preset, out, list(force), grid_id, experiment, "")
+        ctx = cls(config, preset, out, list(force), grid_id, experiment, "", rungs=rungs)
         ctx.parent_run_id = tracking.open_run(
-            experiment, f"grid-{preset}-{grid_id[:8]}", ctx.tags(kind="grid"), config
+            experiment, f"{run_name}-{preset}-{grid_id[:8]}", ctx.tags(kind=run_name), config
         )
         try:
             ctx._prepare_shared()
@@ -113,10 +124,11 @@ class GridContext:
         self.tokenizer = self.task(tokenizer_task)(out, c["tokenizer"], c["teachers"], split)
         self.train_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "train")
         self.val_data = self.task(pack_task)(out, c["packing"], split, self.tokenizer, "val")
-        names = ", ".join(t["name"] for t in c["teachers"])
+        ladder = self._rungs_to_prepare()
+        names = ", ".join(t["name"] for t in ladder)
         say(f"teachers: preparing {names} (embedded rungs are pretrained once, then cached)")
         futures, run_refs = {}, {}
-        for teacher in c["teachers"]:
+        for teacher in ladder:
             # Opened when its pretraining starts, not now: each run shows its own duration.
             run_refs[teacher["name"]] = tracking.defer_run(
                 self.experiment,
@@ -138,7 +150,7 @@ class GridContext:
             state = future.state
             ok = state.is_completed()
             if ok:
-                self.teacher_refs[name] = future.result()
+                self.teacher_refs[name] = absolutize(future.result(), out)
             ended = tracking.millis(state.timestamp)  # the stage's end, not this loop's
             run_id = tracking.start_run(run_refs[name], start_time=ended)  # cached: no body ran
             summary = self.teacher_refs.get(name, {}).get("pretrain_summary") or {}
@@ -157,6 +169,19 @@ class GridContext:
             raise RuntimeError(f"teacher preparation failed for {', '.join(failed)}")
         smallest = min(self.teacher_refs.values(), key=lambda t: t["num_params"])
         self.student_ref = self.task(student_task)(out, c["student"], smallest, self.tokenizer)
+
+    def _rungs_to_prepare(self) -> list[dict[str, Any]]:
+        """The ladder, or the named rungs (none named: the largest) plus the smallest."""
+        teachers = self.config["teachers"]
+        if self.rungs is None:
+            return teachers
+        from bl_core.ladder import rung_num_params
+
+        cfg, vocab = self.cfg, self.tokenizer["vocab_size"]
+        sizes = {t.name: rung_num_params(t, vocab) for t in cfg.teachers}
+        wanted = set(self.rungs or [max(sizes, key=sizes.__getitem__)])
+        wanted.add(min(sizes, key=sizes.__getitem__))
+        return [t for t in teachers if t["name"] in wanted]
 
     def scratch_spec(self) -> dict[str, Any]:
         base = self.student_ref["from_teacher"]
@@ -190,8 +215,10 @@ def cell_params(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     return params | {"cell": spec}
 
 
-def _collect(stages: dict[str, PrefectFuture | None]) -> tuple[dict[str, Any], list[str]]:
-    """Results of completed stages and messages for the others."""
+def _collect(
+    stages: dict[str, PrefectFuture | None], output_dir: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Results of completed stages (paths absolute) and messages for the others."""
     wait([f for f in stages.values() if f is not None])
     results, errors = {}, []
     for name, future in stages.items():
@@ -199,7 +226,7 @@ def _collect(stages: dict[str, PrefectFuture | None]) -> tuple[dict[str, Any], l
             continue
         state = future.state
         if state.is_completed():
-            results[name] = future.result()
+            results[name] = absolutize(future.result(), output_dir)
         else:
             errors.append(f"{name}: {state.name}: {state.message}")
     return results, errors
@@ -368,7 +395,7 @@ def run_cell(
                 out, label, compressed, ctx.student_ref, c["speed"], c["packing"]["seq_len"]
             ),
         }
-        results, errors = _collect(stages)
+        results, errors = _collect(stages, out)
         cell |= _cell_fields(results)
         cell["status"] = "ok" if not errors else "failed"
         if errors:
@@ -403,7 +430,8 @@ def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[st
                     out, label, model, ctx.val_data, c["perplexity"]
                 ),
                 "icl": ctx.task(icl_task).submit(out, label, model, ctx.tokenizer, c["icl"]),
-            }
+            },
+            out,
         )
         cell |= _cell_fields(results)
         cell["status"] = "ok" if not errors else "failed"

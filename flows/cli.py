@@ -1,6 +1,6 @@
-"""The ``bl`` command: bl_core's subcommands plus ``bl grid``, which runs the Prefect
-``full-grid`` flow in this process (a temporary local Prefect server unless
-``PREFECT_API_URL`` points at a running one)."""
+"""The ``bl`` command: bl_core's subcommands plus ``bl grid`` and ``bl train``, which run
+the Prefect ``full-grid`` and ``single-run`` flows in this process over one stage store
+(a temporary local Prefect server unless ``PREFECT_API_URL`` points at a running one)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-# bl_core (torch, transformers) is imported in main(): `bl grid` says what it is loading
-# first instead of sitting silent for ~10 s.
+from bl_core.cli import add_config_arguments, build_parser, load_config_arguments, run_parsed
+from bl_core.errors import ConfigError
+
+# bl_core.cli imports nothing heavy: torch, transformers and Prefect load in the run_*
+# functions, after `bl grid` has said what it is loading (they take ~10 s).
 
 STAGES = (
     "split-corpus",
@@ -45,13 +48,17 @@ def add_grid_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Teachers x methods x budgets: distil, compress, evaluate, report. Stages "
         "are cached: rerunning recomputes only failed or changed stages.",
     )
-    p.add_argument("--config", default="tiny", help="preset name or YAML path (default tiny)")
+    add_config_arguments(p, default="tiny")
     p.add_argument("--out", help="output directory (default outputs/<preset>)")
     p.add_argument("--teachers", nargs="+", help="rungs to distil from (default: all)")
     p.add_argument("--methods", nargs="+", choices=["kd_full", "kd_lora", "budgeted"])
     p.add_argument("--budgets", nargs="+", type=float, help="final fractions F for budgeted")
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default 0)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    _add_force(p)
+    p.set_defaults(func=run_grid)
+
+
+def _add_force(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force",
         action="append",
@@ -59,13 +66,80 @@ def add_grid_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="STAGE",
         help=f"recompute a stage on purpose; one of {', '.join(STAGES)}",
     )
-    p.set_defaults(func=run_grid)
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="one cell (teacher x method x budget) over the grid's stage store",
+        description="Run one grid cell (Prefect flow single-run): the same cached stages, "
+        "stage store (<out>/stages) and MLflow experiment as bl grid, so it reuses what a "
+        "grid computed and resumes like a grid cell. Prepares only the named teacher and the "
+        "smallest rung (the warm start).",
+    )
+    add_config_arguments(p, default="micro")
+    p.add_argument("--out", help="output directory (default outputs/<preset>, as bl grid)")
+    p.add_argument(
+        "--method",
+        default="budgeted",
+        choices=["pretrain", "kd_full", "kd_lora", "budgeted"],
+        help="pretrain: the grid's from-scratch reference student (cross-entropy)",
+    )
+    p.add_argument("--teacher", help="ladder rung to distil from (default: the largest)")
+    p.add_argument("--final-fraction", type=float, help="budget F for --method budgeted")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    _add_force(p)
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg, preset = load_config_arguments(args)  # bad values fail before Prefect starts
+    known = [t.name for t in cfg.teachers]
+    if args.teacher is not None and args.teacher not in known:
+        raise ConfigError(
+            f"--teacher {args.teacher!r} is not in the ladder (known: {', '.join(known)})"
+        )
+    from bl_core.preset_files import config_path, parse_overrides
+
+    out = Path(args.out or Path("outputs") / preset).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _prefect_environment(out)
+    from flows.grid import single_run  # imports prefect: only now that its env is set
+
+    if not os.environ.get("PREFECT_API_URL"):
+        _status(
+            "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
+            "train",
+        )
+    cell = single_run(
+        config=str(config_path(args.config)),  # the name resolved once, here
+        teacher=args.teacher,
+        method=args.method,
+        final_fraction=args.final_fraction,
+        seed=args.seed,
+        output_dir=str(out),
+        overrides=parse_overrides(args.set) or None,
+        force=args.force,
+    )
+    artifacts = cell["artifacts"]
+    print(f"\ncell:       {cell['label']}  ppl {cell['ppl']:.2f}")
+    print(f"model:      {artifacts['model_dir']}")
+    print(f"metrics:    {artifacts['metrics_path']}")
+    print(f"stages:     {out / 'stages'} (shared with bl grid --out {out})")
+    print(f"MLflow:     experiment {cell['experiment']!r} in {os.environ['MLFLOW_TRACKING_URI']}")
+    stages = cell.get("stages")
+    if stages:
+        print(
+            f"stages run: {stages['from_cache']} of {stages['stages']} from cache, "
+            f"{stages['ran']} ran ({stages['seconds']:.0f} s in the flow)"
+        )
+    return 0
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from bl_core.preset_files import parse_overrides, resolve_config
+    from bl_core.preset_files import config_path, parse_overrides
 
-    _, preset = resolve_config(args.config)  # a bad preset fails before Prefect starts
+    _, preset = load_config_arguments(args)  # bad values fail before Prefect starts
     overrides = parse_overrides(args.set)
     out = Path(args.out or Path("outputs") / preset).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -73,9 +147,12 @@ def run_grid(args: argparse.Namespace) -> int:
     from flows.grid import full_grid  # imports prefect: only now that its env is set
 
     if not os.environ.get("PREFECT_API_URL"):
-        _status("starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)")
+        _status(
+            "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
+            "grid",
+        )
     result = full_grid(
-        config=args.config,
+        config=str(config_path(args.config)),  # the name resolved once, here
         output_dir=str(out),
         teachers=args.teachers,
         methods=args.methods,
@@ -88,9 +165,9 @@ def run_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(message: str) -> None:
+def _status(message: str, command: str = "grid") -> None:
     """A line for the silent phases before the flow's own logging starts."""
-    print(f"bl grid: {message}", file=sys.stderr, flush=True)
+    print(f"bl {command}: {message}", file=sys.stderr, flush=True)
 
 
 def print_summary(result: dict, out: Path, width: int = 100) -> None:
@@ -128,20 +205,19 @@ def add_scaling_parser(subparsers: argparse._SubParsersAction) -> None:
         description="KD LoRA and Budgeted LoRA from one teacher at several distillation "
         "budgets and seeds (Prefect flow token-scaling); writes report/scaling.{csv,md,png}.",
     )
-    p.add_argument("--config", default="tiny", help="preset name or YAML path (default tiny)")
+    add_config_arguments(p, default="tiny")
     p.add_argument("--out", help="output directory (default outputs/<preset>-scaling)")
     p.add_argument("--teacher", help="ladder rung to distil from (default: the smallest)")
     p.add_argument("--steps", nargs="+", type=int, help="optimizer steps per budget")
     p.add_argument("--budgets", nargs="+", type=float, help="final fractions F")
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default 0 1)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     p.set_defaults(func=run_scaling)
 
 
 def run_scaling(args: argparse.Namespace) -> int:
-    from bl_core.preset_files import parse_overrides, resolve_config
+    from bl_core.preset_files import config_path, parse_overrides
 
-    _, preset = resolve_config(args.config)  # a bad preset fails before Prefect starts
+    _, preset = load_config_arguments(args)  # bad values fail before Prefect starts
     overrides = parse_overrides(args.set)
     out = Path(args.out or Path("outputs") / f"{preset}-scaling").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +225,7 @@ def run_scaling(args: argparse.Namespace) -> int:
     from flows.scaling import token_scaling  # imports prefect: only now that its env is set
 
     result = token_scaling(
-        config=args.config,
+        config=str(config_path(args.config)),  # the name resolved once, here
         output_dir=str(out),
         teacher=args.teacher,
         steps=args.steps,
@@ -164,12 +240,16 @@ def run_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["grid"]:
-        _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...")
-    from bl_core.cli import build_parser, run_parsed
+def bl_parser() -> argparse.ArgumentParser:
+    """Every ``bl`` subcommand: bl_core's and the Prefect-backed ones."""
+    return build_parser(extra=[add_grid_parser, add_train_parser, add_scaling_parser])
 
-    parser = build_parser(extra=[add_grid_parser, add_scaling_parser])
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["grid"], ["train"]) and not {"-h", "--help"} & set(args):
+        _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...", args[0])
+    parser = bl_parser()
     return run_parsed(parser, argv)
 
 

@@ -23,6 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import BudgetedLoRAConfig, apply_overrides
+from bl_core.errors import ConfigError
 from bl_core.io import atomic_write_json
 from bl_core.preset_files import resolve_config
 from flows import status
@@ -166,30 +167,38 @@ def single_run(
     overrides: dict[str, Any] | None = None,
     force: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One teacher x method x budget cell (with its data, ladder and evaluation)."""
+    """One teacher x method x budget cell of the grid (``bl train``): the same stages and
+    stage store (``outputs/<preset>/stages``) and MLflow experiment as ``full-grid``, so
+    it reuses what a grid (or an earlier run) computed, and a grid reuses it. Prepares only
+    the named rung and the smallest (the warm start); ``method="pretrain"`` is the grid's
+    from-scratch reference."""
     tune_cpu_allocator()  # this process trains and evaluates: keep freed memory
     budgets = [final_fraction] if final_fraction is not None else None
     cfg, preset = resolve_grid_config(config, overrides, [method], budgets, [seed])
     out = str(Path(output_dir or Path("outputs") / preset).resolve())
-    ctx = GridContext.start(cfg, preset, out, force or [], grid_id=str(flow_run.get_id()))
+    known = [t.name for t in cfg.teachers]
+    if teacher is not None and teacher not in known:  # before any work
+        raise ConfigError(f"teacher {teacher!r} is not in the ladder (known: {', '.join(known)})")
+    ctx = GridContext.start(
+        cfg, preset, out, force or [], str(flow_run.get_id()), [teacher] if teacher else [], "train"
+    )
     failed = True
     try:
         name = teacher or max(ctx.teacher_refs.values(), key=lambda t: t["num_params"])["name"]
-        ref = ctx.teacher_ref(name)
-        fraction = cfg.grid.budgets[0] if method == "budgeted" else None
-        spec = {
-            "teacher": name,
-            "method": method,
-            "final_fraction": fraction,
-            "seed": seed,
-            "label": cell_label(name, method, fraction, seed),
-        }
         status.get(ctx.grid_id).total_cells = 1
+        if method == "pretrain":
+            spec, ref = ctx.scratch_spec(), None
+        else:
+            fraction = cfg.grid.budgets[0] if method == "budgeted" else None
+            label = cell_label(name, method, fraction, seed)
+            spec = {"teacher": name, "method": method, "final_fraction": fraction, "seed": seed}
+            spec, ref = spec | {"label": label}, ctx.teacher_ref(name)
         cell = run_cell(ctx, spec, ref)
         failed = cell["status"] != "ok"
         if failed:
             raise RuntimeError(f"cell {spec['label']} failed: {cell.get('error')}")
-        return cell
+        stages = status.finish(ctx.grid_id)
+        return cell | {"output_dir": out, "stages": stages, "experiment": ctx.experiment}
     finally:
         status.finish(ctx.grid_id)
         tracking.close_run(ctx.parent_run_id, failed=failed)

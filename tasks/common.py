@@ -1,15 +1,25 @@
 """Shared Prefect plumbing for the pipeline's stages.
 
-Caching (see ../shared/NOTES.md for the measured recipe and its pitfalls):
+Caching (see ../shared/NOTES.md for the measured recipe and its pitfalls). A stage's cache
+key (:class:`StageKey` + ``TASK_SOURCE``) is
 
-* a stage's cache key = its inputs (config sections as plain dicts, upstream artifact
-  references with fingerprints) + its own source (``TASK_SOURCE``) + a hash of the
-  project's code (:class:`ProjectSource`): ``TASK_SOURCE`` alone misses edits to the
-  ``bl_core`` helpers a task calls;
-* results persist under ``<output_dir>/prefect/results`` with the cache keys beside them;
-* a stage writes its artifact to ``<output_dir>/stages/<stage>/<hash of its inputs>/``
-  atomically, so a failure never leaves a half-written directory under the final name,
-  and two configurations never share an artifact directory.
+* its inputs (config sections as plain dicts, upstream artifact references with
+  fingerprints), with paths under the output directory written relative to it
+  (``@output_dir/stages/...``) and the output directory itself left out: a copied or moved
+  output directory, or a shared volume mounted elsewhere, is served from cache;
+* the content of the local files and directories it reads that are not stage artifacts
+  (a corpus, the ICL data, a teacher checkpoint: ``tasks.fingerprints``);
+* the source of the code it runs: the task itself (``TASK_SOURCE``) and the project
+  modules its task module imports, transitively (``tasks.fingerprints``), not all of the
+  project: a fix to the report code reruns only the report.
+
+Results persist as one record per key under ``<output_dir>/prefect/results`` (no separate
+key storage: Prefect would store the result's *absolute* path in it), holding references
+relative to the output directory; :func:`configure_stage` makes a stage see and return
+absolute paths in this process. A stage writes its artifact to
+``<output_dir>/stages/<stage>/<hash of its inputs>/`` atomically, so a failure never
+leaves a half-written directory under the final name, and two configurations never share
+an artifact directory.
 
 Tasks take and return small JSON-able dicts; models and tensors stay on disk.
 """
@@ -23,36 +33,59 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
+from prefect.utilities.hashing import hash_objects
 from transformers.utils import logging as hf_logging
+
+from tasks.fingerprints import code_fingerprint, read_files_fingerprint
 
 # Stages run unattended: transformers' per-load "Loading weights" bars only clutter logs.
 hf_logging.disable_progress_bar()
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-_CODE_DIRS = ("bl_core", "tasks")
 # Inputs that name things (a cell's label, its tracking run) but do not change the work:
 # excluded from cache keys, so e.g. nine compression variants share one training.
-UNCACHED_INPUTS = ("mlflow_run_id", "label")
+# The output directory is where, not what: left out too (references inside are relative).
+UNCACHED_INPUTS = ("mlflow_run_id", "label", "output_dir")
+OUTPUT_ROOT = "@output_dir"  # how a path under the output directory is stored and keyed
 
 
-@functools.cache
-def project_source_hash() -> str:
-    """sha256 over the project's own Python code (bl_core and tasks)."""
-    digest = hashlib.sha256()
-    for folder in _CODE_DIRS:
-        for path in sorted((PROJECT_ROOT / folder).rglob("*.py")):
-            digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+def relativize(value: Any, output_dir: str | Path) -> Any:
+    """``/data/outputs/micro/stages/x`` -> ``@output_dir/stages/x`` in any nested
+    dict/list/tuple of strings (other values unchanged)."""
+    root = str(Path(output_dir).resolve())
+    if isinstance(value, str):
+        if value == root or value.startswith(root + os.sep):
+            return OUTPUT_ROOT + value[len(root) :]
+        return value
+    if isinstance(value, dict):
+        return {k: relativize(v, root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(relativize(v, root) for v in value)
+    return value
 
 
-class ProjectSource(CachePolicy):
-    """Cache-key part that changes whenever the project's code changes."""
+def absolutize(value: Any, output_dir: str | Path) -> Any:
+    """The inverse of :func:`relativize` for this process's output directory."""
+    if isinstance(value, str):
+        if value == OUTPUT_ROOT or value.startswith(OUTPUT_ROOT + "/"):
+            return str(Path(output_dir).resolve()) + value[len(OUTPUT_ROOT) :]
+        return value
+    if isinstance(value, dict):
+        return {k: absolutize(v, output_dir) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(absolutize(v, output_dir) for v in value)
+    return value
+
+
+@dataclass
+class StageKey(CachePolicy):
+    """Cache-key part for a stage: inputs (relative to the output directory), the content
+    of the non-artifact files they name, and the code of the stage's module closure."""
 
     def compute_key(
         self,
@@ -61,32 +94,75 @@ class ProjectSource(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str:
-        return project_source_hash()
+        output_dir = inputs.get("output_dir")
+        kept = {k: v for k, v in inputs.items() if k not in UNCACHED_INPUTS}
+        if output_dir is not None:
+            kept = relativize(kept, output_dir)
+        return hash_objects(
+            {
+                "inputs": kept,
+                "files": read_files_fingerprint(kept, output_dir),
+                "code": code_fingerprint(task_ctx.task.fn.__module__),
+            },
+            raise_on_failure=True,
+        )
 
 
-def stage_cache_policy(output_dir: str | Path) -> CachePolicy:
-    policy = INPUTS + TASK_SOURCE + ProjectSource()
-    for name in UNCACHED_INPUTS:
-        policy = policy - name
-    return policy.configure(key_storage=Path(output_dir) / "prefect" / "cache-keys")
+def stage_cache_policy() -> CachePolicy:
+    return StageKey() + TASK_SOURCE
 
 
 def results_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "prefect" / "results"
 
 
-def configure_stage(task: Any, output_dir: str | Path, force: bool = False) -> Any:
+def _relocating(fn: Any, output_dir: str | Path) -> Any:
+    """``fn`` seeing absolute paths and returning (persisting) relative ones."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = absolutize((args, kwargs), output_dir)
+        return relativize(fn(*args, **kwargs), output_dir)
+
+    return run
+
+
+class Stage:
+    """A stage task bound to one output directory: called directly, it returns absolute
+    paths; ``submit`` returns Prefect's future (whose relative result the next stage
+    resolves itself; read it with :meth:`result`)."""
+
+    def __init__(self, task: Any, output_dir: str | Path) -> None:
+        self.task, self.output_dir = task, output_dir
+        self.name = task.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return absolutize(self.task(*args, **kwargs), self.output_dir)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        return self.task.submit(*args, **kwargs)
+
+    def with_options(self, **options: Any) -> Stage:
+        return Stage(self.task.with_options(**options), self.output_dir)
+
+    def result(self, future: Any) -> Any:
+        return absolutize(future.result(), self.output_dir)
+
+
+def configure_stage(task: Any, output_dir: str | Path, force: bool = False) -> Stage:
     """Bind a stage task to this grid's result storage and cache keys.
 
     ``force=True`` recomputes the stage on purpose (Prefect's ``refresh_cache``) and
     makes it rebuild its artifact directory.
     """
-    return task.with_options(
-        cache_policy=stage_cache_policy(output_dir),
+    bound = task.with_options(
+        cache_policy=stage_cache_policy(),
         result_storage=results_dir(output_dir),  # a Path: a str would name a block
         persist_result=True,
         refresh_cache=force or None,
     )
+    bound.fn = _relocating(bound.fn, output_dir)
+    return Stage(bound, output_dir)
 
 
 def payload_hash(payload: Any) -> str:
@@ -96,7 +172,10 @@ def payload_hash(payload: Any) -> str:
 def stage_dir(output_dir: str | Path, stage: str, payload: Any) -> Path:
     """Where a stage with these inputs writes its artifact. When the running task was
     forced (``refresh_cache``), its old artifact is removed so it is really rebuilt."""
-    path = Path(output_dir) / "stages" / stage / payload_hash(payload)[:16]
+    payload = relativize(payload, output_dir)
+    files = read_files_fingerprint(payload, output_dir)  # a changed input file: a new dir
+    digest = payload_hash([payload, files] if files else payload)  # unchanged when no files
+    path = Path(output_dir) / "stages" / stage / digest[:16]
     ctx = TaskRunContext.get()
     if ctx is not None and ctx.task.refresh_cache and path.exists():
         shutil.rmtree(path)

@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 
 from bl_core.tracking import FanoutLogger, MetricsLogger
 from tasks import run_metrics
-from tasks.common import PROJECT_ROOT
+from tasks.fingerprints import PROJECT_ROOT
 from tasks.progress import ProgressLogger
 
 log = logging.getLogger(__name__)

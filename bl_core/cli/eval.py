@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from bl_core.config import BudgetedLoRAConfig, apply_overrides, config_from_dict, load_config
+from bl_core.cli import add_config_arguments, load_config_arguments
 from bl_core.errors import ConfigError, InputError
 from bl_core.io import atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from bl_core.config import BudgetedLoRAConfig
 
 # flag -> dotted config field; an ICL flag also switches the ICL suite on.
 _ICL_FLAGS = {
@@ -45,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", metavar="MODEL", help="model dir, compressed student dir or Hub id")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit) when MODEL is an id")
     p.add_argument("--tokenizer", help="tokenizer dir for the ICL suite (default: MODEL_DIR)")
-    p.add_argument("--config", help="YAML whose icl/perplexity sections give the defaults")
+    add_config_arguments(p, default=None)  # its icl/perplexity sections give the defaults
     p.add_argument("--ppl-data", metavar="PACKED_DIR", help="packed validation set dir")
     p.add_argument("--ppl-batch-size", type=int)
     p.add_argument("--ppl-max-tokens", type=int, help="score only the first ~N tokens")
@@ -82,21 +85,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _resolve_config(args: argparse.Namespace) -> tuple[BudgetedLoRAConfig, bool]:
     """The validated config and whether the ICL suite runs."""
-    cfg = load_config(args.config) if args.config else config_from_dict({})
     overrides: dict[str, Any] = {}
     for flag, field in {**_ICL_FLAGS, **_PPL_FLAGS}.items():
         value = getattr(args, flag)
         if value is not None:
             overrides[field] = value
+    cfg, _ = load_config_arguments(args, overrides)
     run_icl = args.icl or any(getattr(args, f) is not None for f in _ICL_FLAGS)
     if not run_icl and args.ppl_data is None and not args.lm_eval:
         raise ConfigError(
             "nothing to evaluate: pass --icl, --ppl-data PACKED_DIR and/or --lm-eval TASKS"
         )
-    return apply_overrides(cfg, overrides), run_icl
+    return cfg, run_icl
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """User-supplied paths, checked before anything loads (the model takes longest)."""
+    for flag, value in (("--ppl-data", args.ppl_data), ("--lm-eval-include", args.lm_eval_include)):
+        if value is not None and not Path(value).is_dir():
+            raise InputError(f"{flag} {value!r} is not a directory")
+    if args.out is None:
+        return
+    out = Path(args.out).resolve()
+    if out.is_dir():
+        raise InputError(f"--out {args.out!r} is a directory; give a file, e.g. eval.json")
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise InputError(f"--out {args.out!r}: {str(blocked)!r} is a file, not a directory")
 
 
 def _resolve_device(name: str | None) -> torch.device:
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -165,13 +185,20 @@ def _run_lm_eval(args: argparse.Namespace, model: Any, tokenizer: Any, device: A
 
 
 def run(args: argparse.Namespace) -> int:
+    from bl_core.allocator import tune_cpu_allocator
     from bl_core.checkpoint import load_causal_lm
     from bl_core.hub import resolve_model_dir
     from bl_core.icl import run_icl_suite
     from bl_core.perplexity import perplexity
 
+    tune_cpu_allocator()  # again, now that torch is loaded (the heap it tunes is torch's)
     start = time.perf_counter()
     cfg, run_icl = _resolve_config(args)
+    _check_paths(args)
+    if run_icl:
+        from bl_core.icl import load_task_items
+
+        load_task_items(cfg.icl)  # a missing or malformed ICL file fails before the model
     device = _resolve_device(args.device)
     needs_tokenizer = run_icl or bool(args.lm_eval)
     tokenizer = None

@@ -6,10 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from bl_core.config import TARGET_MODULES, apply_overrides, config_from_dict, load_config
-from bl_core.hub import resolve_model_config
-from bl_core.plan import plan_budget
-from bl_core.student import load_model_config
+from bl_core.cli import add_config_arguments, load_config_arguments
 
 # flag -> dotted config field
 _FLAG_FIELDS = {
@@ -40,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model-config", required=True, help="teacher config.json, model dir or Hub id org/name"
     )
     p.add_argument("--revision", help="Hub revision when --model-config is an id")
-    p.add_argument("--config", help="YAML with student/lora/budget/compression sections")
+    add_config_arguments(p, default=None)
     p.add_argument("--student-layers", type=int)
     p.add_argument("--layer-selection", choices=["first", "truncated", "middle", "last", "mixed"])
     p.add_argument("--rank", type=int)
@@ -53,23 +50,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tau-svd", type=float)
     p.add_argument("--tau-rank", type=float)
     p.add_argument("--svd-max-rank", type=int)
-    p.add_argument("--targets", help=f"comma-separated, default {','.join(TARGET_MODULES)}")
+    p.add_argument("--targets", help="comma-separated (default: all seven projections)")
     p.add_argument("--steps", type=int, default=1000, help="schedule length to simulate")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", metavar="FILE.json", help="also write the plan here as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config) if args.config else config_from_dict({})
     overrides: dict[str, Any] = {}
     for flag, field in _FLAG_FIELDS.items():
         value = getattr(args, flag)
         if value is not None:
             overrides[field] = [t.strip() for t in value.split(",")] if flag == "targets" else value
-    cfg = apply_overrides(cfg, overrides)
-    model_config = load_model_config(resolve_model_config(args.model_config, args.revision))
+    cfg, _ = load_config_arguments(args, overrides)
+    from bl_core.hub import resolve_model_config
+
+    config_path = resolve_model_config(args.model_config, args.revision)
+    from bl_core.io import atomic_write_json
+    from bl_core.plan import plan_budget  # torch: only now that the arguments are valid
+    from bl_core.student import load_model_config
+
+    model_config = load_model_config(config_path)
     result = plan_budget(model_config, cfg, total_steps=args.steps)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    if args.out:
+        atomic_write_json(args.out, result)
     return 0
 
 

@@ -12,6 +12,7 @@ from bl_core.allocator import ENV_VAR, tune_cpu_allocator
 _SCRIPT = textwrap.dedent(
     """
     import resource, torch
+    import bl_core.training  # as in a run: the stack is loaded (bl_core imports lazily)
     from bl_core.allocator import tune_cpu_allocator
     print(tune_cpu_allocator())
     faults = []

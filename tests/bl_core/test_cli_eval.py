@@ -87,3 +87,27 @@ def test_missing_model_or_tokenizer_is_named(packed_dir, tmp_path, capsys) -> No
     assert f"model directory {str(missing)!r} does not exist" in capsys.readouterr().err
     assert main(["eval", str(missing), "--icl", "--tokenizer", str(tmp_path)]) == 2
     assert f"cannot load a tokenizer from {str(tmp_path)!r}" in capsys.readouterr().err
+
+
+def test_a_preset_and_set_overrides_like_every_command(model_dir, tmp_path) -> None:
+    out = tmp_path / "eval.json"
+    argv = ["eval", str(model_dir), "--config", "micro", "--set", "icl.num_shots=1"]
+    argv += ["--set", f"icl.data_dir={FV_FIXTURES}", "--tasks", "capitalize", "--out", str(out)]
+    assert main(argv + ["--set", "icl.items_per_task=2", "--seeds", "0"]) == 0
+    icl = json.loads(out.read_text())["icl"]
+    assert icl["num_shots"] == 1 and icl["items_per_task"] == 2  # --set over the preset's 4
+
+
+def test_bad_icl_data_fails_before_the_model_loads(model_dir, tmp_path, capsys, monkeypatch):
+    import bl_core.checkpoint
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(bl_core.checkpoint, "load_causal_lm", no_model)
+    (tmp_path / "capitalize.json").write_text("{not json")
+    assert main(["eval", str(model_dir), "--fv-dir", str(tmp_path), "--tasks", "capitalize"]) == 2
+    assert "capitalize.json" in capsys.readouterr().err
+    out = tmp_path / "capitalize.json" / "eval.json"  # under a file
+    assert main(["eval", str(model_dir), "--icl", "--out", str(out)]) == 2
+    assert f"--out {str(out)!r}" in capsys.readouterr().err

@@ -7,18 +7,38 @@ from pathlib import Path
 import tasks.common as common
 
 
-def test_project_hash_changes_when_a_helper_changes(tmp_path, monkeypatch):
-    for folder in ("bl_core", "tasks"):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "a.py").write_text("x = 1\n")
-    monkeypatch.setattr(common, "PROJECT_ROOT", tmp_path)
-    common.project_source_hash.cache_clear()
-    before = common.project_source_hash()
-    (tmp_path / "bl_core" / "a.py").write_text("x = 2\n")  # a helper, not the task itself
-    common.project_source_hash.cache_clear()
-    after = common.project_source_hash()
-    common.project_source_hash.cache_clear()
-    assert before != after
+def test_paths_under_the_output_dir_are_stored_relative(tmp_path):
+    ref = {"model_dir": str(tmp_path / "stages" / "distill" / "ab"), "other": "/elsewhere/x"}
+    stored = common.relativize({"refs": [ref], "n": 3}, tmp_path)
+    assert stored == {
+        "refs": [{"model_dir": "@output_dir/stages/distill/ab", "other": "/elsewhere/x"}],
+        "n": 3,
+    }
+    moved = tmp_path / "moved"
+    assert common.absolutize(stored, moved)["refs"][0]["model_dir"] == str(
+        moved / "stages/distill/ab"
+    )
+
+
+def test_stage_dir_does_not_depend_on_where_the_output_dir_is(tmp_path):
+    def ref(root):
+        return {"split_dir": str(root / "stages" / "split-corpus" / "x")}
+
+    a = common.stage_dir(tmp_path / "a", "pack-tokens", ref(tmp_path / "a"))
+    b = common.stage_dir(tmp_path / "b", "pack-tokens", ref(tmp_path / "b"))
+    assert a.relative_to(tmp_path / "a") == b.relative_to(tmp_path / "b")
+
+
+def test_stage_dir_follows_the_content_of_a_file_it_reads(tmp_path):
+    data = tmp_path / "fv"
+    data.mkdir()
+    (data / "task.json").write_text("[1]")
+    first = common.stage_dir(tmp_path / "out", "evaluate-icl", {"icl": {"data_dir": str(data)}})
+    (data / "task.json").write_text("[2]")
+    assert (
+        common.stage_dir(tmp_path / "out", "evaluate-icl", {"icl": {"data_dir": str(data)}})
+        != first
+    )
 
 
 def test_stage_dir_is_a_function_of_inputs(tmp_path):
