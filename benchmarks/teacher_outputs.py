@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", required=True, help="a finished grid's output dir")
     p.add_argument("--k", nargs="+", type=int, default=[16, 64, 256])
     p.add_argument("--teachers", nargs="+", help="default: every teacher of the grid")
+    p.add_argument("--labels", nargs="+", help="cells by label suffix (budgeted-F0.00/s0)")
     p.add_argument("--out", default=str(RESULTS / "teacher_outputs"), help="work dir")
     p.add_argument("--json", default=str(RESULTS / "teacher_outputs.json"))
     args = p.parse_args(argv)
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for cell in _cells(grid):
         teacher = state["teacher_refs"][cell["teacher"]]
         if args.teachers and cell["teacher"] not in args.teachers:
+            continue
+        if args.labels and not any(cell["label"].endswith(x) for x in args.labels):
             continue
         for k in args.k:
             store = work / f"{cell['teacher']}-k{k}"
