@@ -45,7 +45,7 @@ from bl_core.teacher_outputs import OnlineTeacher, TeacherOutputs
 from bl_core.tracking import FanoutLogger, JsonlLogger, MetricsLogger, NullLogger
 from bl_core.train_state import (
     capture_rng,
-    latest_checkpoint,
+    checkpoints_newest_first,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -207,11 +207,16 @@ class _Run:
 
     # -- checkpointing -------------------------------------------------------------------
     def resume(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            return
+        """Resume from the newest checkpoint that loads; a damaged one is skipped (and said)."""
         model = self.acc.unwrap_model(self.model)
-        state, rng, js = load_checkpoint(ckpt, model, self.acc.process_index)
+        for ckpt in checkpoints_newest_first(self.run_dir):
+            try:
+                state, rng, js = load_checkpoint(ckpt, model, self.acc.process_index)
+                break
+            except InputError as err:
+                self.acc.print(f"skipping a damaged checkpoint: {err}")
+        else:
+            return
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.controller is not None:
@@ -493,6 +498,10 @@ def start_run(
         student, teacher, method, data, cfg, run_dir, vocab_size, tc, logger, outputs, separator_id
     )
     run.resume()
+    if run.acc.is_main_process and run.step:  # a resumed run: each step's metrics once
+        earlier = jsonl.keep_until(run.step)
+        if isinstance(run.logger, FanoutLogger):
+            run.logger.replay(earlier)
     if run.acc.is_main_process:
         run.logger.log_params({"method": method, "total_steps": run.total_steps})
     return run

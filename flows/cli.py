@@ -68,6 +68,9 @@ def run_grid(args: argparse.Namespace) -> int:
     _, preset = resolve_config(args.config)  # a bad preset fails before Prefect starts
     overrides = parse_overrides(args.set)
     out = Path(args.out or Path("outputs") / preset).resolve()
+    from flows.preflight import validate_grid_args
+
+    validate_grid_args(args, overrides, out)  # issue 17: all checks before any server or file
     out.mkdir(parents=True, exist_ok=True)
     _prefect_environment(out)
     from flows.grid import full_grid  # imports prefect: only now that its env is set
@@ -144,6 +147,9 @@ def run_scaling(args: argparse.Namespace) -> int:
     _, preset = resolve_config(args.config)  # a bad preset fails before Prefect starts
     overrides = parse_overrides(args.set)
     out = Path(args.out or Path("outputs") / f"{preset}-scaling").resolve()
+    from flows.preflight import validate_scaling_args
+
+    validate_scaling_args(args, overrides, out)  # issue 17: all checks before any server or file
     out.mkdir(parents=True, exist_ok=True)
     _prefect_environment(out)
     from flows.scaling import token_scaling  # imports prefect: only now that its env is set

@@ -22,11 +22,12 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from bl_core.allocator import tune_cpu_allocator
-from bl_core.config import BudgetedLoRAConfig, apply_overrides
+from bl_core.config import BudgetedLoRAConfig
 from bl_core.io import atomic_write_json
-from bl_core.preset_files import resolve_config
+from bl_core.validate import validate_config
 from flows import status
 from flows.cells import GridContext, open_cell_run, run_cell, run_reference, share_teacher_outputs
+from flows.preflight import grid_config
 from tasks import tracking
 from tasks.aggregate import aggregate_task, is_current, publish_report, report_inputs
 from tasks.common import cell_label
@@ -44,15 +45,7 @@ def resolve_grid_config(
     seeds: list[int] | None,
 ) -> tuple[BudgetedLoRAConfig, str]:
     """Preset or YAML + dotted overrides + the flow's convenience parameters."""
-    cfg, preset = resolve_config(config)
-    changes = dict(overrides or {})
-    if methods is not None:
-        changes["grid.methods"] = list(methods)
-    if budgets is not None:
-        changes["grid.budgets"] = list(budgets)
-    if seeds is not None:
-        changes["pipeline.seeds"] = list(seeds)
-    return apply_overrides(cfg, changes), preset
+    return grid_config(config, overrides, methods, budgets, seeds)
 
 
 def cell_specs(ctx: GridContext, teacher: str) -> list[dict[str, Any]]:
@@ -121,6 +114,7 @@ def full_grid(
     """
     tune_cpu_allocator()  # this process trains and evaluates: keep freed memory
     cfg, preset = resolve_grid_config(config, overrides, methods, budgets, seeds)
+    validate_config(cfg, selected_teachers=teachers)  # issue 17: before any stage
     out = str(Path(output_dir or Path("outputs") / preset).resolve())
     ctx = GridContext.start(cfg, preset, out, force or [], grid_id=str(flow_run.get_id()))
     failed = True

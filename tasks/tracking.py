@@ -305,6 +305,16 @@ class MLflowLogger:
     def log_params(self, params: dict[str, Any]) -> None:
         self._guard(set_tags, self.run_id, {f"train.{k}": v for k, v in params.items()})
 
+    def replay(self, records: list[dict[str, Any]]) -> None:
+        """A resumed run's earlier steps (from metrics.jsonl), unless this run has them."""
+        self._guard(self._replay, records)
+
+    def _replay(self, records: list[dict[str, Any]]) -> None:
+        if records and not has_metric(self.run_id, "loss"):
+            for record in records:
+                record = dict(record)
+                log_metrics(self.run_id, record, record.pop("step"))
+
 
 def tracking_logger(output_dir: str, run_id: str | None, label: str | None = None) -> MetricsLogger:
     """What a training stage reports through: its MLflow run (if any) and a progress line

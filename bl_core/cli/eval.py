@@ -19,6 +19,7 @@ import torch
 from bl_core.config import BudgetedLoRAConfig, apply_overrides, config_from_dict, load_config
 from bl_core.errors import ConfigError, InputError
 from bl_core.io import atomic_write_json
+from bl_core.validate import validate_eval
 
 # flag -> dotted config field; an ICL flag also switches the ICL suite on.
 _ICL_FLAGS = {
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     cfg, run_icl = _resolve_config(args)
+    validate_eval(args.model_dir, args.ppl_data, args.tokenizer, cfg, run_icl, args.out)  # i17
     device = _resolve_device(args.device)
     needs_tokenizer = run_icl or bool(args.lm_eval)
     tokenizer = None

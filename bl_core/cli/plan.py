@@ -9,7 +9,7 @@ from typing import Any
 from bl_core.config import TARGET_MODULES, apply_overrides, config_from_dict, load_config
 from bl_core.hub import resolve_model_config
 from bl_core.plan import plan_budget
-from bl_core.student import load_model_config
+from bl_core.validate import check_plan_model
 
 # flag -> dotted config field
 _FLAG_FIELDS = {
@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[field] = [t.strip() for t in value.split(",")] if flag == "targets" else value
     cfg = apply_overrides(cfg, overrides)
-    model_config = load_model_config(resolve_model_config(args.model_config, args.revision))
+    source = resolve_model_config(args.model_config, args.revision)
+    model_config = check_plan_model(source, cfg.student.num_layers)  # issue 17: one line
     result = plan_budget(model_config, cfg, total_steps=args.steps)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0

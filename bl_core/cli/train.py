@@ -19,6 +19,7 @@ from bl_core.ladder import (
 from bl_core.packing import PackedDataset
 from bl_core.preset_files import load_with_overrides
 from bl_core.training import train
+from bl_core.validate import check_output_dir, validate_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("outputs") / preset)
     if args.teacher:
         teacher_by_name(cfg, args.teacher)  # a clear error before any work
+    validate_config(cfg, grid=False, method=args.method)  # issue 17: before any work
+    check_output_dir(out)
     data = prepare_data(cfg, out / "data")
     print(f"data: {data.root} (vocab {data.vocab_size}, val tokens {data.val_tokens})")
     ladder = [prepare_teacher(t, cfg, data, out / "teachers" / t.name) for t in cfg.teachers]
