@@ -314,7 +314,7 @@ def check_model_path(path: str | Path, field: str) -> None:
     if not path.exists():
         if _looks_like_hub_id(str(path)):
             return  # a Hub id: resolved by the command
-        raise InputError(f"{field}={str(path)!r}: no such model directory")
+        raise InputError(f"{field}: model directory {str(path)!r} does not exist")
     if path.is_file():
         raise InputError(f"{field}={str(path)!r}: is a file, not a model directory")
     manifest = path / "bl_manifest.json"
@@ -338,8 +338,7 @@ def validate_eval(
     run_icl: bool,
     out: str | None,
 ) -> None:
-    """``bl eval``'s inputs, before a model is loaded."""
-    check_model_path(model, "MODEL")
+    """``bl eval``'s inputs, before a model is loaded (the tokenizer first, as it loads)."""
     if ppl_data is not None:
         path = Path(ppl_data).expanduser()
         if not path.is_dir():
@@ -351,6 +350,12 @@ def validate_eval(
             raise InputError(f"--tokenizer={tokenizer!r}: is a file, not a tokenizer directory")
         if not path.exists() and not _looks_like_hub_id(tokenizer):
             raise InputError(f"--tokenizer={tokenizer!r}: no such directory")
+        if path.is_dir() and not any((path / n).is_file() for n in _TOKENIZER_FILES):
+            raise InputError(
+                f"--tokenizer: cannot load a tokenizer from {tokenizer!r}: none of "
+                f"{', '.join(_TOKENIZER_FILES)}"
+            )
+    check_model_path(model, "MODEL")
     if run_icl:
         check_icl_data(cfg.icl.data_dir, cfg.icl.tasks)
     if out is not None:

@@ -16,19 +16,22 @@ from bl_core.config import BudgetedLoRAConfig, config_from_dict
 from bl_core.errors import ConfigError
 from flows import status
 from tasks import progress, tracking
-from tasks.common import cell_label, configure_stage
+from tasks.common import cell_label, configure_stage, results_dir
 from tasks.compress import compress_task
 from tasks.corpus import split_corpus_task
 from tasks.distill import cell_config, cohort_task, distill_task, training_sections
 from tasks.icl import icl_task
 from tasks.packing import pack_task, tokenizer_task
 from tasks.perplexity import perplexity_task
+from tasks.retry import retry_transient
 from tasks.speed import speed_task
+from tasks.store import with_artifact_check
 from tasks.students import student_task
 from tasks.teacher_outputs import teacher_outputs_task
 from tasks.teachers import teacher_task
 
-# Stages that train or evaluate get retries (a transient OOM, a preempted GPU, ...).
+# Stages that train or evaluate get retries, for transient errors only (an OOM, a preempted
+# GPU, an I/O timeout: tasks/retry.py); a bad input or a bug fails at once.
 _RETRIED = {"distill", "prepare-teacher", "evaluate-perplexity", "evaluate-icl", "measure-speed"}
 
 
@@ -62,9 +65,14 @@ class GridContext:
         if grid is not None:
             grid.stages_called += 1  # one call per stage run: "M of N stages from cache"
         bound = configure_stage(fn, self.output_dir, force=fn.name in self.force)
+        bound = with_artifact_check(bound, results_dir(self.output_dir))  # issue 17: item 3
         if fn.name in _RETRIED:
             p = self.cfg.pipeline
-            bound = bound.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_s)
+            bound = bound.with_options(
+                retries=p.retries,
+                retry_delay_seconds=p.retry_delay_s,
+                retry_condition_fn=retry_transient,
+            )
         return bound
 
     def tags(self, **extra: Any) -> dict[str, str]:
@@ -376,10 +384,25 @@ def run_cell(
     except Exception as err:  # noqa: BLE001 - recorded on the cell, the grid goes on
         cell["error"] = repr(err)
     finally:
-        tracking.record_cell(run_id, cell)
+        record_cell(run_id, cell)
         if grid is not None:
             grid.cell_finished(label)
     return cell
+
+
+def record_cell(run_id: str, cell: dict[str, Any]) -> None:
+    """The cell's MLflow bookkeeping; a failure there fails this cell only (issue 17)."""
+    try:
+        tracking.record_cell(run_id, cell)
+    except Exception as err:  # noqa: BLE001 - the grid goes on without this cell
+        cell["status"] = "failed"
+        cell["error"] = f"record-cell: {err!r}" + (
+            f"; {cell['error']}" if cell.get("error") else ""
+        )
+        try:
+            tracking.close_run(run_id, failed=True, error=cell["error"])
+        except Exception:  # noqa: BLE001, S110 - the tracking store itself is down
+            pass
 
 
 def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[str, Any]:
@@ -411,8 +434,10 @@ def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[st
             cell["error"] = "; ".join(errors)
         if kind == "teacher":
             cell["train"] = model.get("pretrain_summary") or {}
+    except Exception as err:  # noqa: BLE001 - recorded on the cell, the grid goes on
+        cell["error"] = repr(err)
     finally:
-        tracking.record_cell(run_id, cell)
+        record_cell(run_id, cell)
         if grid is not None:
             grid.cell_finished(label)
     return cell

@@ -31,6 +31,7 @@ from flows.preflight import grid_config
 from tasks import tracking
 from tasks.aggregate import aggregate_task, is_current, publish_report, report_inputs
 from tasks.common import cell_label
+from tasks.report_failures import failure_rows
 
 # Worker threads per flow run. Training tasks also carry the "gpu" tag, whose Prefect
 # concurrency limit caps them at the number of GPUs on a worker (README).
@@ -81,16 +82,19 @@ def teacher_branch(grid: dict[str, Any], teacher_name: str) -> list[dict[str, An
 
 
 def write_and_publish_report(
-    ctx: GridContext, cells: list[dict[str, Any]], teacher_order: list[str]
+    ctx: GridContext,
+    cells: list[dict[str, Any]],
+    teacher_order: list[str],
+    failures: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The cached aggregate-report stage (recomputed if its files were deleted or another
     grid's report replaced them), then the report attached to this flow run and parent
     MLflow run."""
     inputs = report_inputs(cells)
-    report = ctx.task(aggregate_task)(ctx.output_dir, inputs, teacher_order)
+    report = ctx.task(aggregate_task)(ctx.output_dir, inputs, teacher_order, failures)
     if not is_current(report):
         again = ctx.task(aggregate_task).with_options(refresh_cache=True)
-        report = again(ctx.output_dir, inputs, teacher_order)
+        report = again(ctx.output_dir, inputs, teacher_order, failures)
     return report | {"mlflow_url": publish_report(report, ctx.parent_run_id)}
 
 
@@ -132,7 +136,8 @@ def full_grid(
         for name in selected:
             cells += teacher_branch(ctx.to_dict(), name)
         ok = [c for c in cells if c["status"] == "ok"]
-        report = write_and_publish_report(ctx, ok, [t.name for t in cfg.teachers])
+        order = [t.name for t in cfg.teachers]
+        report = write_and_publish_report(ctx, ok, order, failure_rows(cells))  # issue 17
         # what the grid was: its config and the artifacts its cells used (benchmarks read it)
         atomic_write_json(Path(out) / "report" / "grid.json", ctx.to_dict())
         failures = [

@@ -5,6 +5,7 @@ show that no Prefect server starts and nothing is written."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_checkpoint, make_tokenizer
+# tests/conftest.py's model helpers (a plain `from conftest import` here would find
+# tests/flows/conftest.py, depending on collection order).
+_spec = importlib.util.spec_from_file_location(
+    "_root_conftest", Path(__file__).parents[1] / "conftest.py"
+)
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+make_checkpoint, make_tokenizer = _helpers.make_checkpoint, _helpers.make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +120,7 @@ CASES = [
     ("train", ["--set", "packing.val_tokens=10"], "packing.val_tokens=10"),
     ("train", ["--set", _teachers("@truncated@")], "model.safetensors"),
     ("train", ["--set", "icl.data_dir=/nonexistent"], "icl.data_dir="),
-    ("eval", ["/nonexistent/model", "--icl"], "MODEL='/nonexistent/model'"),
+    ("eval", ["/nonexistent/model", "--icl"], "MODEL: model directory '/nonexistent/model'"),
     ("eval", ["@a_file@", "--icl"], "is a file"),
     ("eval", ["@truncated@", "--icl"], "model.safetensors"),
     ("eval", ["@good@", "--ppl-data", "/nonexistent/packed"], "--ppl-data="),
