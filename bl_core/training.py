@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from bl_core import interrupt
 from bl_core.config import BudgetedLoRAConfig, Method, TrainConfig
 from bl_core.controller import BudgetController
 from bl_core.costs import dense_cost, lora_cost, train_compute_proxy
@@ -324,8 +325,13 @@ class _Run:
         return self.step >= self.total_steps
 
     def advance(self, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
-        """One optimizer step, then logging and checkpointing when they are due."""
+        """One optimizer step, then logging and checkpointing when they are due. A stop
+        request (:mod:`bl_core.interrupt`) checkpoints the last step and raises instead."""
         tc = self.tc
+        if interrupt.requested():
+            if self.step and self.step % tc.checkpoint_every:  # else just checkpointed
+                self.checkpoint()
+            interrupt.check(f"{self.method} at step {self.step}, checkpointed")
         teacher_before, t0 = self.teacher_s, time.perf_counter()
         metrics = self.train_step()
         seconds = time.perf_counter() - t0

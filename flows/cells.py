@@ -12,11 +12,13 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture, wait
 
+from bl_core import interrupt
 from bl_core.config import BudgetedLoRAConfig, config_from_dict
 from bl_core.errors import ConfigError
+from bl_core.interrupt import Interrupted
 from flows import status
 from tasks import progress, tracking
-from tasks.common import cell_label, configure_stage, results_dir
+from tasks.common import cell_label, configure_stage
 from tasks.compress import compress_task
 from tasks.corpus import split_corpus_task
 from tasks.distill import cell_config, cohort_task, distill_task, training_sections
@@ -60,12 +62,14 @@ class GridContext:
         return asdict(self)
 
     def task(self, fn: Any) -> Any:
-        """A stage bound to this grid's storage, forced if named in ``force``."""
+        """A stage bound to this grid's storage, forced if named in ``force``; none
+        starts once a stop was requested (Ctrl-C, SIGTERM: bl_core/interrupt.py)."""
+        interrupt.check(f"before {fn.name}")
         grid = status.get(self.grid_id)
         if grid is not None:
             grid.stages_called += 1  # one call per stage run: "M of N stages from cache"
         bound = configure_stage(fn, self.output_dir, force=fn.name in self.force)
-        bound = with_artifact_check(bound, results_dir(self.output_dir))  # issue 17: item 3
+        bound = with_artifact_check(bound, self.output_dir)  # issue 17: items 3, 4
         if fn.name in _RETRIED:
             p = self.cfg.pipeline
             bound = bound.with_options(
@@ -80,6 +84,7 @@ class GridContext:
             "preset": self.preset,
             "grid_id": self.grid_id,
             "git_commit": tracking.git_commit(),
+            **tracking.owner_tags(),  # issue 17: a rerun can end a dead process's runs
             **{k: str(v) for k, v in extra.items()},
         }
 
@@ -100,6 +105,9 @@ class GridContext:
         status.log(grid_id, f"MLflow: {uri} (a new store creates its tables first) ...")
         experiment = cfg.tracking.experiment or f"budgeted-lora-{preset}"
         tracking.setup_experiment(experiment)
+        stale = tracking.end_stale_runs(experiment)  # a killed grid's runs: KILLED
+        if stale:
+            status.log(grid_id, f"MLflow: {len(stale)} run(s) of a killed grid marked KILLED")
         config = cfg.model_dump(mode="json")
         ctx = cls(config, preset, out, list(force), grid_id, experiment, "")
         ctx.parent_run_id = tracking.open_run(
@@ -108,7 +116,8 @@ class GridContext:
         try:
             ctx._prepare_shared()
         except BaseException as err:
-            tracking.close_run(ctx.parent_run_id, failed=True, error=repr(err))
+            killed = interrupt.requested()
+            tracking.close_run(ctx.parent_run_id, failed=True, error=repr(err), killed=killed)
             status.finish(grid_id)
             raise
         return ctx
@@ -153,7 +162,7 @@ class GridContext:
             tracking.record_cell(
                 run_id,
                 {
-                    "status": "ok" if ok else "failed",
+                    "status": "ok" if ok else "killed" if interrupt.requested() else "failed",
                     "error": None if ok else f"prepare-teacher: {state.name}: {state.message}",
                     "train": summary,
                     "artifacts": _pretrain_artifacts(self.teacher_refs.get(name)),
@@ -161,6 +170,7 @@ class GridContext:
                 end_time=ended,
             )
         failed = sorted(set(futures) - set(self.teacher_refs))
+        interrupt.check("after prepare-teacher")
         if failed:
             raise RuntimeError(f"teacher preparation failed for {', '.join(failed)}")
         smallest = min(self.teacher_refs.values(), key=lambda t: t["num_params"])
@@ -270,6 +280,7 @@ def share_teacher_outputs(
         store_task = configure_stage(
             teacher_outputs_task, ctx.output_dir, "teacher-outputs" in ctx.force
         )
+        store_task = with_artifact_check(store_task, ctx.output_dir)
         t = ctx.cfg.train
         store = store_task(
             ctx.output_dir,
@@ -377,10 +388,14 @@ def run_cell(
             ),
         }
         results, errors = _collect(stages)
+        interrupt.check(label)  # a stage stopped by a signal: the cell is KILLED
         cell |= _cell_fields(results)
         cell["status"] = "ok" if not errors else "failed"
         if errors:
             cell["error"] = "; ".join(errors)
+    except Interrupted as err:
+        cell |= {"status": "killed", "error": str(err)}
+        raise
     except Exception as err:  # noqa: BLE001 - recorded on the cell, the grid goes on
         cell["error"] = repr(err)
     finally:
@@ -434,6 +449,10 @@ def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[st
             cell["error"] = "; ".join(errors)
         if kind == "teacher":
             cell["train"] = model.get("pretrain_summary") or {}
+        interrupt.check(label)
+    except Interrupted as err:
+        cell |= {"status": "killed", "error": str(err)}
+        raise
     except Exception as err:  # noqa: BLE001 - recorded on the cell, the grid goes on
         cell["error"] = repr(err)
     finally:

@@ -30,7 +30,9 @@ STAGES = (
 
 def _prefect_environment(output_dir: Path) -> None:
     """Defaults measured in ../shared/NOTES.md; anything the user set wins."""
-    os.environ.setdefault("PREFECT_HOME", str(output_dir / "prefect" / "home"))
+    from flows.server import prefect_home  # issue 17: a home per live process
+
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home(output_dir)))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect won't
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's SDK telemetry: offline, and a notice
@@ -74,21 +76,23 @@ def run_grid(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _prefect_environment(out)
     from flows.grid import full_grid  # imports prefect: only now that its env is set
+    from flows.server import SupervisedRun
 
     if not os.environ.get("PREFECT_API_URL"):
         _status("starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)")
-    result = full_grid(
-        config=args.config,
-        output_dir=str(out),
-        teachers=args.teachers,
-        methods=args.methods,
-        budgets=args.budgets,
-        seeds=args.seeds,
-        overrides=overrides or None,
-        force=args.force,
-    )
-    print_summary(result, out)
-    return 0
+    with SupervisedRun(out, "bl grid") as run:  # issue 17: Ctrl-C/SIGTERM, server lifetime
+        result = full_grid(
+            config=args.config,
+            output_dir=str(out),
+            teachers=args.teachers,
+            methods=args.methods,
+            budgets=args.budgets,
+            seeds=args.seeds,
+            overrides=overrides or None,
+            force=args.force,
+        )
+        print_summary(result, out)
+    return run.exit_code
 
 
 def _status(message: str) -> None:

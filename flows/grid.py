@@ -21,8 +21,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from bl_core import interrupt
 from bl_core.allocator import tune_cpu_allocator
 from bl_core.config import BudgetedLoRAConfig
+from bl_core.interrupt import Interrupted
 from bl_core.io import atomic_write_json
 from bl_core.validate import validate_config
 from flows import status
@@ -74,11 +76,15 @@ def teacher_branch(grid: dict[str, Any], teacher_name: str) -> list[dict[str, An
     teacher = ctx.teacher_refs[teacher_name]
     specs = cell_specs(ctx, teacher_name)
     run_ids = {spec["label"]: open_cell_run(ctx, spec) for spec in specs}
-    stores = share_teacher_outputs([(ctx, spec) for spec in specs], teacher, run_ids)
-    return [
-        run_cell(ctx, spec, teacher, run_ids[spec["label"]], stores.get(spec["label"]))
-        for spec in specs
-    ]
+    try:
+        stores = share_teacher_outputs([(ctx, spec) for spec in specs], teacher, run_ids)
+        return [
+            run_cell(ctx, spec, teacher, run_ids[spec["label"]], stores.get(spec["label"]))
+            for spec in specs
+        ]
+    except Interrupted:
+        tracking.kill_running(list(run_ids.values()))  # the cells a stop never reached
+        raise
 
 
 def write_and_publish_report(
@@ -151,7 +157,7 @@ def full_grid(
         return {"output_dir": out, "report": report, "cells": cells, "stages": stages}
     finally:
         status.finish(ctx.grid_id)  # a failed grid says it too (no-op when done above)
-        tracking.close_run(ctx.parent_run_id, failed=failed)
+        tracking.close_run(ctx.parent_run_id, failed=failed, killed=interrupt.requested())
 
 
 @flow(name="single-run", task_runner=_RUNNER, log_prints=True)

@@ -13,6 +13,7 @@ import errno
 from typing import Any
 
 from bl_core.errors import BLError
+from bl_core.interrupt import Interrupted
 
 # OSError numbers of I/O that can succeed when tried again (shared volumes, networks).
 _TRANSIENT_ERRNOS = {
@@ -57,7 +58,7 @@ def is_transient(exc: BaseException) -> bool:
     """True for out-of-memory, lost-device and I/O-timeout errors; False for everything
     else (bad input, damaged files, training errors, bugs)."""
     chain = _chain(exc)
-    if any(isinstance(e, BLError) for e in chain):
+    if any(isinstance(e, (BLError, Interrupted)) for e in chain):
         return False
     for e in chain:
         if isinstance(e, (MemoryError, TimeoutError, ConnectionError)):

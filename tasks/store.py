@@ -12,13 +12,21 @@ recompute) so the stage runs again under the same key.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.locking.protocol import LockManager
 
 from bl_core.integrity import safetensors_problem
 
@@ -81,17 +89,22 @@ class ArtifactCheck(CachePolicy):
         return key
 
 
-def with_artifact_check(task: Any, results_dir: str | Path) -> Any:
-    """``task`` whose cache hits are checked against their artifacts."""
+def with_artifact_check(task: Any, output_dir: str | Path) -> Any:
+    """``task`` whose cache hits are checked against their artifacts, run under a lock on
+    its cache key (SERIALIZABLE: a second worker waits, then uses the first's result)."""
+    from prefect.transactions import IsolationLevel
+
+    from tasks.common import results_dir
+
     inner = task.cache_policy
     if not isinstance(inner, CachePolicy) or inner.key_storage is None:
         return task
     policy = ArtifactCheck(
         key_storage=inner.key_storage,
-        isolation_level=inner.isolation_level,
-        lock_manager=inner.lock_manager,
+        isolation_level=IsolationLevel.SERIALIZABLE,
+        lock_manager=FlockLockManager(locks_dir(output_dir)),
         inner=inner,
-        results_dir=str(results_dir),
+        results_dir=str(results_dir(output_dir)),
     )
     return task.with_options(cache_policy=policy)
 
@@ -123,3 +136,128 @@ def drop_if_stale(keys_dir: Path, results_dir: Path, key: str, task_ctx: Any = N
         result = Path(storage_key)
         (result if result.is_absolute() else results_dir / result).unlink(missing_ok=True)
     return True
+
+
+# -- locks on the shared store (issue 17, item 4) ----------------------------------------
+def locks_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "prefect" / "locks"
+
+
+class _Held:
+    def __init__(self, handle: Any, holder: str) -> None:
+        self.handle, self.holder = handle, holder
+
+
+class FlockLockManager(LockManager):
+    """Prefect lock manager on ``flock`` files under ``<store>/prefect/locks/``: a second
+    worker (another process, another host on a shared volume whose locks are coherent, or
+    another thread) waits while the first runs a stage, then finds its committed result.
+    The kernel drops a lock when its process dies, however it dies — Prefect's own file
+    lock manager left a lock behind a SIGKILL that hung the next run (NOTES.md).
+    While waiting, a stop request (Ctrl-C) ends the wait."""
+
+    def __init__(self, directory: str | Path, poll_s: float = 0.2) -> None:
+        self.directory = str(directory)
+        self.poll_s = poll_s
+        self._held: dict[str, _Held] = {}
+        self._guard = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": self.directory, "poll_s": self.poll_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"], state["poll_s"])
+
+    def _path(self, key: str) -> Path:
+        path = Path(self.directory)
+        path.mkdir(parents=True, exist_ok=True)
+        return path / f"{key}.lock"
+
+    def _try(self, key: str) -> Any:
+        handle = open(self._path(key), "a")  # noqa: SIM115 - kept open while held
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return None
+        return handle
+
+    def acquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        from bl_core import interrupt
+
+        with self._guard:
+            held = self._held.get(key)
+            if held is not None and held.holder == holder:
+                return True
+        start = time.monotonic()
+        while True:
+            with self._guard:
+                if key not in self._held:
+                    handle = self._try(key)
+                    if handle is not None:
+                        handle.write(f"{socket.gethostname()} {os.getpid()} {holder}\n")
+                        handle.flush()
+                        self._held[key] = _Held(handle, holder)
+                        return True
+            if acquire_timeout is not None and time.monotonic() - start > acquire_timeout:
+                return False
+            interrupt.check("waiting for another worker's stage")
+            time.sleep(self.poll_s)
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout=None, hold_timeout=None):  # noqa: ANN001, ANN201
+        return self.acquire_lock(key, holder, acquire_timeout, hold_timeout)
+
+    def release_lock(self, key: str, holder: str) -> None:
+        with self._guard:
+            held = self._held.get(key)
+            if held is None or held.holder != holder:
+                raise ValueError(f"lock {key!r} is not held by {holder!r}")
+            del self._held[key]
+            fcntl.flock(held.handle, fcntl.LOCK_UN)
+            held.handle.close()
+
+    def is_locked(self, key: str) -> bool:
+        with self._guard:
+            if key in self._held:
+                return True
+            handle = self._try(key)
+        if handle is None:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+        return False
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        with self._guard:
+            held = self._held.get(key)
+            return held is not None and held.holder == holder
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        start = time.monotonic()
+        while self.is_locked(key):
+            if timeout is not None and time.monotonic() - start > timeout:
+                return False
+            time.sleep(self.poll_s)
+        return True
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return self.wait_for_lock(key, timeout)
+
+
+@contextmanager
+def store_lock(output_dir: str | Path, name: str) -> Iterator[None]:
+    """Hold ``<store>/prefect/locks/<name>.lock`` (waiting for another worker's) — for work
+    outside Prefect's cache, such as a distill-cohort."""
+    manager = FlockLockManager(locks_dir(output_dir))
+    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    manager.acquire_lock(name, holder)
+    try:
+        yield
+    finally:
+        manager.release_lock(name, holder)
