@@ -76,6 +76,18 @@ def _server_class() -> type:
             finally:
                 subprocess.Popen = real_popen
 
+        def stop(self) -> None:
+            """Prefect's stop waits 5 s for a graceful shutdown that open keep-alive
+            connections delay; its database survives a kill (SQLite), so 1 s is enough."""
+            process = self.server_process
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            super().stop()
+
     return SupervisedServer
 
 
@@ -112,10 +124,9 @@ class TemporaryServer:
             server.stop()
 
     def __exit__(self, *exc: object) -> None:
-        if self._settings is not None:
-            self._settings.__exit__(*exc)
-            self._settings = None
-        self.stop()
+        """Nothing now: Prefect's exit handlers still send the last logs and events to the
+        server (stopped first, they retried for minutes: the exit hung), and the server's
+        own exit handler, registered before theirs, stops it after them."""
 
 
 class SupervisedRun:
