@@ -1,0 +1,245 @@
+"""Issue 17 end to end, as users and operators stop and restart ``bl grid`` (micro preset,
+two cells of 80 distillation steps each): Ctrl-C and SIGTERM mid-distillation stop it within
+10 s with nothing left running; a SIGKILLed grid's temporary server dies with it; reruns
+resume from the last checkpoint, end the dead runs' MLflow runs KILLED and log each metric
+step once; a deleted artifact is recomputed; two workers at once on one store run every
+stage once. The tests share one output directory and run in file order."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.common import read_executions
+
+pytestmark = pytest.mark.slow
+
+GRID = [
+    "--config",
+    "micro",
+    "--methods",
+    "kd_lora",
+    "budgeted",
+    "--budgets",
+    "0.0",
+    "--set",
+    "icl.items_per_task=2",
+    "--set",
+    "pipeline.retries=0",
+    "--set",
+    "train.total_tokens=81920",  # 80 steps per cell: time to catch it mid-distillation
+    "--set",
+    "train.checkpoint_every=5",
+]
+UMASK = 0o002  # not the default 022: artifacts must follow it (item 8)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    for name in ("PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)  # each worker: its own server and home, as a user runs it
+    return env
+
+
+def _start(out: Path, *extra: str, log: str = "grid") -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "flows.cli", "grid", "--out", str(out), *GRID, *extra]
+    handle = open(out.parent / f"{out.name}-{log}.log", "w")  # noqa: SIM115
+    return subprocess.Popen(
+        cmd,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        start_new_session=True,  # as a terminal's job: its own process group
+        preexec_fn=lambda: os.umask(UMASK),
+    )
+
+
+def _log(out: Path, log: str = "grid") -> str:
+    return (out.parent / f"{out.name}-{log}.log").read_text()
+
+
+def _wait_for_distillation(out: Path, proc: subprocess.Popen, since: float) -> None:
+    """Until a distillation stage (cohort or single cell) has started and stepped a bit."""
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        started = [
+            e
+            for e in read_executions(out)
+            if e["stage"] in ("distill-cohort", "distill") and e["time"] > since
+        ]
+        if started:
+            time.sleep(3)
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no distillation started (rc {proc.poll()}): {_log(out)[-3000:]}")
+
+
+def _processes(proc: subprocess.Popen) -> list[int]:
+    """The grid and everything in its session, and its server (from its PID file)."""
+    found = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _server_pid(out: Path, proc: subprocess.Popen) -> int:
+    return int((out / "prefect" / f"server-{proc.pid}.pid").read_text())
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.split(") ")[-1][:1] != "Z":  # a zombie has exited
+            alive.append(pid)
+    return alive
+
+
+def _stop(out: Path, sig: signal.Signals) -> tuple[int, float, list[int]]:
+    """Start a grid, send ``sig`` mid-distillation; (rc, seconds to exit, processes left)."""
+    start = time.time()
+    proc = _start(out, *STOP_EXTRA.get(sig, ()))
+    _wait_for_distillation(out, proc, start)
+    pids = _processes(proc) + [_server_pid(out, proc)]
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=120)
+    seconds = time.monotonic() - sent
+    time.sleep(0.5)
+    return rc, seconds, _alive(pids)
+
+
+STOP_EXTRA = {signal.SIGTERM: ("--force", "distill")}  # SIGINT: the first, fresh run
+
+
+def _run(out: Path, *extra: str, log: str = "grid") -> tuple[int, str, list]:
+    before = len(read_executions(out))
+    proc = _start(out, *extra, log=log)
+    rc = proc.wait(timeout=900)
+    return rc, _log(out, log), read_executions(out)[before:]
+
+
+def _printed_table(log: str) -> str:
+    """The compact Table 2 ``bl grid`` prints before "full table:"."""
+    if "full table:" not in log:
+        return ""
+    return log.split("full table:")[0].rstrip().split("\n\n")[-1]
+
+
+def _mlflow(out: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("budgeted-lora-micro")
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reliability") / "grid"
+
+
+def test_1_sigint_mid_distillation_stops_within_10_s(out):
+    rc, seconds, left = _stop(out, signal.SIGINT)
+    print(f"SIGINT: rc {rc}, exited {seconds:.1f} s after the signal")
+    assert rc == 130, _log(out)[-3000:]
+    assert seconds < 10 and left == []
+    assert "bl grid: stopped (SIGINT)" in _log(out)
+    assert list((out / "stages" / "distill").glob("*/checkpoints/step-*"))
+
+
+def test_2_rerun_resumes_and_ends_the_stopped_runs(out):
+    rc, log, _ = _run(out)
+    assert rc == 0, log[-3000:]
+    assert "resumed kd_lora from" in log and "resumed budgeted from" in log
+    client, runs = _mlflow(out)
+    states = Counter(r.info.status for r in runs)
+    assert states["RUNNING"] == 0 and states["KILLED"] >= 2, states
+    # the resumed cells' runs: every logged step once, 80 steps / log_every 5
+    finished = [
+        r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("kind") == "cell"
+    ]
+    for run in finished:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert sorted(steps) == list(range(5, 81, 5)), (run.info.run_name, steps)
+    for log_file in (out / "stages" / "distill").glob("*/metrics.jsonl"):
+        steps = [json.loads(line).get("step") for line in log_file.read_text().splitlines()]
+        steps = [s for s in steps if s is not None]
+        assert len(steps) == len(set(steps)), log_file
+    # artifacts follow the umask (002: group-writable), on a second uid's shared volume
+    stage_files = [p for p in (out / "stages").rglob("*") if p.is_file()]
+    assert stage_files and all(p.stat().st_mode & 0o664 == 0o664 for p in stage_files)
+    assert all(p.stat().st_mode & 0o775 == 0o775 for p in (out / "stages").rglob("*") if p.is_dir())
+
+
+def test_3_sigterm_mid_distillation_stops_within_10_s(out):
+    rc, seconds, left = _stop(out, signal.SIGTERM)
+    print(f"SIGTERM: rc {rc}, exited {seconds:.1f} s after the signal")
+    assert rc == 143, _log(out)[-3000:]
+    assert seconds < 10 and left == []
+
+
+def test_4_sigkilled_grid_leaves_no_server_and_its_runs_end_killed(out):
+    start = time.time()
+    proc = _start(out)  # resumes the SIGTERMed distillation
+    _wait_for_distillation(out, proc, start)
+    server = _server_pid(out, proc)
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while _alive([server]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive([server]) == [], "the SIGKILLed grid's Prefect server is still running"
+    _, runs = _mlflow(out)
+    dead = [r for r in runs if r.data.tags.get("bl.pid") == str(proc.pid)]
+    assert any(r.info.status == "RUNNING" for r in dead)
+
+    rc, log, _ = _run(out)
+    assert rc == 0, log[-3000:]
+    assert "resumed" in log and "marked KILLED" in log
+    _, runs = _mlflow(out)
+    dead = [r for r in runs if r.data.tags.get("bl.pid") == str(proc.pid)]
+    assert dead and all(r.info.status == "KILLED" for r in dead)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_5_deleted_artifact_is_recomputed_not_served(out):
+    compressed = sorted((out / "stages" / "compress").iterdir())
+    shutil.rmtree(compressed[0])
+    rc, log, executed = _run(out)
+    assert rc == 0, log[-3000:]
+    assert Counter(e["stage"] for e in executed)["compress"] == 1, executed
+    assert "cached result dropped, recomputing" in log
+    assert compressed[0].is_dir()
+
+
+def test_6_two_workers_at_once_run_every_stage_once(out, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    store = shared / "store"
+    first, second = _start(store, log="a"), _start(store, log="b")
+    rcs = first.wait(timeout=900), second.wait(timeout=900)
+    logs = _log(store, "a"), _log(store, "b")
+    assert rcs == (0, 0), (logs[0][-2000:], logs[1][-2000:])
+    executed = read_executions(store)
+    counts = Counter((e["stage"], e["label"]) for e in executed)
+    assert counts and max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
+    assert len({e["pid"] for e in executed}) >= 1
+    homes = list((store / "prefect" / "homes").iterdir())
+    assert len(homes) == 1  # the second worker got a Prefect home of its own
+    # both report the same Table 2, and so does the single (stopped, resumed) worker above
+    assert _printed_table(logs[0]) == _printed_table(logs[1]) != ""
+    single = pd.read_csv(out / "report" / "table2.csv", index_col=0)
+    both = pd.read_csv(store / "report" / "table2.csv", index_col=0)
+    pd.testing.assert_frame_equal(single, both, rtol=1e-6)
