@@ -129,6 +129,26 @@ class TemporaryServer:
         own exit handler, registered before theirs, stops it after them."""
 
 
+def _own_sigterm() -> Any:
+    """Keep Prefect's flow engine from replacing our SIGTERM handler for this run.
+
+    Its bridge raises ``TerminationSignal`` in the main thread, which then waits for the
+    worker threads — the training stage ran to its end (67 s measured) before anything
+    stopped. In ``bl grid`` no Prefect runner sends cancellations, so the stop request
+    (:mod:`bl_core.interrupt`) is the whole SIGTERM story. Returns the undo function."""
+    import contextlib
+
+    import prefect.flow_engine as engine
+
+    original = engine.capture_sigterm
+    engine.capture_sigterm = contextlib.nullcontext
+
+    def restore() -> None:
+        engine.capture_sigterm = original
+
+    return restore
+
+
 class SupervisedRun:
     """``with SupervisedRun(out, "bl grid") as run: ...; return run.exit_code``.
 
@@ -147,7 +167,14 @@ class SupervisedRun:
         from bl_core import interrupt
 
         interrupt.reset()
-        self._restore = interrupt.install(self.prog, on_exit_now=self.server.stop)
+        restore_handlers = interrupt.install(self.prog, on_exit_now=self.server.stop)
+        restore_prefect = _own_sigterm()
+
+        def restore() -> None:
+            restore_prefect()
+            restore_handlers()
+
+        self._restore = restore
         try:
             self.server.__enter__()
         except BaseException:
