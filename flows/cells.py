@@ -27,7 +27,7 @@ from tasks.packing import pack_task, tokenizer_task
 from tasks.perplexity import perplexity_task
 from tasks.retry import retry_transient
 from tasks.speed import speed_task
-from tasks.store import with_artifact_check
+from tasks.store import store_lock, with_artifact_check
 from tasks.students import student_task
 from tasks.teacher_outputs import teacher_outputs_task
 from tasks.teachers import teacher_task
@@ -104,8 +104,9 @@ class GridContext:
         uri = tracking.set_tracking_uri(out, cfg.tracking.uri)
         status.log(grid_id, f"MLflow: {uri} (a new store creates its tables first) ...")
         experiment = cfg.tracking.experiment or f"budgeted-lora-{preset}"
-        tracking.setup_experiment(experiment)
-        stale = tracking.end_stale_runs(experiment)  # a killed grid's runs: KILLED
+        with store_lock(out, "mlflow-setup"):  # two workers: one creates tables/experiment
+            tracking.setup_experiment(experiment)
+            stale = tracking.end_stale_runs(experiment)  # a killed grid's runs: KILLED
         if stale:
             status.log(grid_id, f"MLflow: {len(stale)} run(s) of a killed grid marked KILLED")
         config = cfg.model_dump(mode="json")
