@@ -34,12 +34,11 @@ def validate_config(
     *,
     grid: bool = True,
     selected_teachers: Iterable[str] | None = None,
-    method: str | None = None,
 ) -> None:
     """Raise the first problem of ``cfg`` as a one-line :class:`ConfigError` /
     :class:`InputError`. ``grid``: also check the grid section (methods x budgets);
-    ``selected_teachers``: rung names a command picked; ``method``: a single run's method."""
-    _check_grid(cfg, grid, selected_teachers, method)
+    ``selected_teachers``: rung names a command picked."""
+    _check_grid(cfg, grid, selected_teachers)
     configs = _check_teacher_paths(cfg)
     _check_depth(cfg, configs)
     _check_sequences(cfg, configs)
@@ -49,9 +48,7 @@ def validate_config(
 
 
 # -- grid ---------------------------------------------------------------------------------
-def _check_grid(
-    cfg: BudgetedLoRAConfig, grid: bool, selected: Iterable[str] | None, method: str | None
-) -> None:
+def _check_grid(cfg: BudgetedLoRAConfig, grid: bool, selected: Iterable[str] | None) -> None:
     if not cfg.teachers:
         raise ConfigError("teachers=[]: the ladder is empty; name at least one teacher")
     names = [t.name for t in cfg.teachers]

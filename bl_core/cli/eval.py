@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     cfg, run_icl = _resolve_config(args)
-    validate_eval(args.model_dir, args.ppl_data, args.tokenizer, cfg, run_icl, args.out)  # i17
+    validate_eval(args.model_dir, args.ppl_data, args.tokenizer, cfg, run_icl, args.out)
     device = _resolve_device(args.device)
     needs_tokenizer = run_icl or bool(args.lm_eval)
     tokenizer = None

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("outputs") / preset)
     if args.teacher:
         teacher_by_name(cfg, args.teacher)  # a clear error before any work
-    validate_config(cfg, grid=False, method=args.method)  # issue 17: before any work
+    validate_config(cfg, grid=False)  # issue 17: everything knowable, before any work
     check_output_dir(out)
     data = prepare_data(cfg, out / "data")
     print(f"data: {data.root} (vocab {data.vocab_size}, val tokens {data.val_tokens})")
