@@ -496,6 +496,7 @@ def start_run(
 ) -> _Run:
     """A run made ready to step (resumed from its last checkpoint, if any); ``outputs``
     replaces the teacher's own forward (a cohort's shared teacher, a top-k store)."""
+    interrupt.check(f"{method} before it started")  # setup takes seconds: skip it on a stop
     _vocab_check(student, teacher, vocab_size)
     jsonl = JsonlLogger(run_dir / "metrics.jsonl")  # always kept: tracking may be replayed
     logger = jsonl if logger is None else FanoutLogger(jsonl, logger)

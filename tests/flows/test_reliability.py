@@ -69,7 +69,8 @@ def _log(out: Path, log: str = "grid") -> str:
 
 
 def _wait_for_distillation(out: Path, proc: subprocess.Popen, since: float) -> None:
-    """Until a distillation stage (cohort or single cell) has started and stepped a bit."""
+    """Until a distillation stage (cohort or single cell) of this run is in its training
+    loop (its first progress line, every 5 steps, is in the log)."""
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         started = [
@@ -77,8 +78,8 @@ def _wait_for_distillation(out: Path, proc: subprocess.Popen, since: float) -> N
             for e in read_executions(out)
             if e["stage"] in ("distill-cohort", "distill") and e["time"] > since
         ]
-        if started:
-            time.sleep(3)
+        if started and " distill: step " in _log(out):
+            time.sleep(1)
             return
         time.sleep(0.3)
     raise AssertionError(f"no distillation started (rc {proc.poll()}): {_log(out)[-3000:]}")
