@@ -9,6 +9,7 @@ from torch import nn
 
 from bl_core.compression import is_compressed_dir, load_compressed
 from bl_core.errors import InputError
+from bl_core.integrity import check_weights_dir
 from bl_core.student import load_pretrained
 from bl_core.train_state import is_trained_student_dir, load_trained_student
 
@@ -18,7 +19,9 @@ def load_causal_lm(path: str | Path, device: str | torch.device = "cpu") -> nn.M
     or a plain Hugging Face model directory."""
     path = Path(path)
     if not path.is_dir():
-        raise InputError(f"model directory {str(path)!r} does not exist")
+        what = "is a file, not a model directory" if path.exists() else "does not exist"
+        raise InputError(f"model directory {str(path)!r} {what}")
+    check_weights_dir(path)  # a damaged file is named, not a SafetensorError traceback
     if is_compressed_dir(path):
         return load_compressed(path, device=device)
     if is_trained_student_dir(path):

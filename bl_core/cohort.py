@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bl_core.config import BudgetedLoRAConfig, Method
+from bl_core.interrupt import Interrupted
 from bl_core.packing import PackedDataset
 from bl_core.teacher_outputs import SharedTeacher
 from bl_core.tracking import MetricsLogger
@@ -143,10 +144,24 @@ def _lockstep(
                     active.remove(member)
                 else:
                     member.rng = capture_rng()
+            except Interrupted:
+                bar.close()
+                _checkpoint_others(active, member)
+                raise  # a stop request ends the whole cohort, each member checkpointed
             except Exception as err:  # noqa: BLE001 - this cell fails, the cohort goes on
                 results[member.label] = err
                 active.remove(member)
     bar.close()
+
+
+def _checkpoint_others(active: list, stopped: Any) -> None:
+    """Checkpoint the members a stop request caught between their steps (each with its
+    own RNG stream, as it would have checkpointed itself)."""
+    for member in active:
+        run = member.run
+        if member is not stopped and run.step and run.step % run.tc.checkpoint_every:
+            restore_rng(member.rng)
+            run.checkpoint()
 
 
 def _bind(on_step: Callable[[str, int], None], label: str) -> Callable[[int], None]:

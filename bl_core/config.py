@@ -371,7 +371,8 @@ def _format_error(err: ValidationError, prefix: str = "") -> str:
             lines.append(f"{loc}: {msg}")
         else:
             lines.append(f"{loc}={value!r}: {msg}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    # One line (issue 17): the CLI prints it after "bl <command>: error: ".
+    return "invalid configuration: " + "; ".join(lines)
 
 
 def config_from_dict(data: dict[str, Any] | None) -> BudgetedLoRAConfig:

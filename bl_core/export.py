@@ -40,7 +40,7 @@ from bl_core.compression import (
 from bl_core.errors import InputError
 from bl_core.hf import auto_map
 from bl_core.hf.modeling_budgeted_lora import ARCHITECTURES
-from bl_core.io import atomic_directory, atomic_write_json, atomic_write_text
+from bl_core.io import atomic_directory, atomic_write_json, atomic_write_text, default_mode
 from bl_core.model_card import model_card
 from bl_core.weights import assign_state, assign_weights, weights_state
 
@@ -132,11 +132,11 @@ def save_export(
 
 
 def _make_readable(directory: Path) -> None:
-    """Modes as ``save_pretrained`` gives them under the usual umask (the temporary
-    directory and files are private): a model directory is meant to be served and shared."""
-    directory.chmod(0o755)
+    """Modes as ``save_pretrained`` gives them under the umask (the temporary directory
+    and files are private): a model directory is meant to be served and shared."""
+    directory.chmod(default_mode(directory=True))
     for path in directory.iterdir():
-        path.chmod(0o755 if path.is_dir() else 0o644)
+        path.chmod(default_mode(directory=path.is_dir()))
 
 
 def load_export(path: str | Path, dtype: str | torch.dtype = "auto") -> PreTrainedModel:

@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 
 from bl_core.config import TARGET_MODULES, ConfigError
 from bl_core.errors import InputError
+from bl_core.integrity import check_weights_dir
 from bl_core.modules import GatedLoRALinear
 
 _LAYER_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -108,6 +109,7 @@ def load_pretrained(path: str | Path) -> PreTrainedModel:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise InputError(f"{str(path)!r} is not a model directory (no config.json)")
+    check_weights_dir(path)  # a truncated file: one line naming it, not a SafetensorError
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
 
 

@@ -42,6 +42,19 @@ class JsonlLogger:
     def log_params(self, params: dict[str, Any]) -> None:
         self._append({"params": params})
 
+    def keep_until(self, step: int) -> list[dict[str, Any]]:
+        """Drop the records of steps after ``step`` (logged before a crash, then redone by
+        the resumed run: kept, they would appear twice); return the metric records kept."""
+        if not self.path.is_file():
+            return []
+        records = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) != len(records):
+            from bl_core.io import atomic_write_text
+
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        return [r for r in kept if "step" in r]
+
 
 class FanoutLogger:
     """Sends every call to several loggers."""
@@ -56,3 +69,10 @@ class FanoutLogger:
     def log_params(self, params: dict[str, Any]) -> None:
         for logger in self.loggers:
             logger.log_params(params)
+
+    def replay(self, records: list[dict[str, Any]]) -> None:
+        """Earlier steps of a resumed run, to the loggers that keep a history
+        (``replay`` method: a tracking run that started with this process)."""
+        for logger in self.loggers:
+            if hasattr(logger, "replay"):
+                logger.replay(records)

@@ -67,9 +67,29 @@ def save_checkpoint(
     return target
 
 
+def checkpoints_newest_first(run_dir: Path) -> list[Path]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    steps = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_STEP_PREFIX)]
+    return sorted(steps, reverse=True)
+
+
 def load_checkpoint(path: Path, model: nn.Module, rank: int = 0) -> tuple[dict, dict, dict]:
-    """Load weights into ``model``; return (training_state, rng_state, json_state)."""
+    """Load weights into ``model``; return (training_state, rng_state, json_state).
+
+    Every file is read before ``model`` is touched, so a damaged checkpoint (an
+    :class:`InputError` naming it) leaves the model as it was and an older one can be tried.
+    """
     state = read_weights(path / WEIGHTS)
+    try:
+        training_state = torch.load(path / "training_state.pt", weights_only=True)
+        rng_file = path / f"rng-rank{rank}.pt"
+        rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else {}
+        json_state = json.loads((path / "state.json").read_text())
+    except (OSError, EOFError, json.JSONDecodeError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"checkpoint {str(path)!r} is damaged or unreadable: {first}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     # A tied parameter is saved under one of its names; the model holds it under both.
     tied = getattr(model, "all_tied_weights_keys", None) or {}
@@ -80,13 +100,6 @@ def load_checkpoint(path: Path, model: nn.Module, rank: int = 0) -> tuple[dict, 
             f"{sorted(set(missing) - covered)[:3]}, unexpected {unexpected[:3]}"
         )
     retie(model, set(state))
-    try:
-        training_state = torch.load(path / "training_state.pt", weights_only=True)
-        rng_file = path / f"rng-rank{rank}.pt"
-        rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else {}
-        json_state = json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError, RuntimeError) as err:
-        raise InputError(f"checkpoint {str(path)!r} is unreadable: {err}") from None
     return training_state, rng, json_state
 
 

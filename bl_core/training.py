@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from bl_core import interrupt
 from bl_core.config import BudgetedLoRAConfig, Method, TrainConfig
 from bl_core.controller import BudgetController
 from bl_core.costs import dense_cost, lora_cost, train_compute_proxy
@@ -45,7 +46,7 @@ from bl_core.teacher_outputs import OnlineTeacher, TeacherOutputs
 from bl_core.tracking import FanoutLogger, JsonlLogger, MetricsLogger, NullLogger
 from bl_core.train_state import (
     capture_rng,
-    latest_checkpoint,
+    checkpoints_newest_first,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -207,11 +208,16 @@ class _Run:
 
     # -- checkpointing -------------------------------------------------------------------
     def resume(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            return
+        """Resume from the newest checkpoint that loads; a damaged one is skipped (and said)."""
         model = self.acc.unwrap_model(self.model)
-        state, rng, js = load_checkpoint(ckpt, model, self.acc.process_index)
+        for ckpt in checkpoints_newest_first(self.run_dir):
+            try:
+                state, rng, js = load_checkpoint(ckpt, model, self.acc.process_index)
+                break
+            except InputError as err:
+                self.acc.print(f"skipping a damaged checkpoint: {err}")
+        else:
+            return
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.controller is not None:
@@ -319,8 +325,13 @@ class _Run:
         return self.step >= self.total_steps
 
     def advance(self, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
-        """One optimizer step, then logging and checkpointing when they are due."""
+        """One optimizer step, then logging and checkpointing when they are due. A stop
+        request (:mod:`bl_core.interrupt`) checkpoints the last step and raises instead."""
         tc = self.tc
+        if interrupt.requested():
+            if self.step and self.step % tc.checkpoint_every:  # else just checkpointed
+                self.checkpoint()
+            interrupt.check(f"{self.method} at step {self.step}, checkpointed")
         teacher_before, t0 = self.teacher_s, time.perf_counter()
         metrics = self.train_step()
         seconds = time.perf_counter() - t0
@@ -485,6 +496,7 @@ def start_run(
 ) -> _Run:
     """A run made ready to step (resumed from its last checkpoint, if any); ``outputs``
     replaces the teacher's own forward (a cohort's shared teacher, a top-k store)."""
+    interrupt.check(f"{method} before it started")  # setup takes seconds: skip it on a stop
     _vocab_check(student, teacher, vocab_size)
     jsonl = JsonlLogger(run_dir / "metrics.jsonl")  # always kept: tracking may be replayed
     logger = jsonl if logger is None else FanoutLogger(jsonl, logger)
@@ -493,6 +505,10 @@ def start_run(
         student, teacher, method, data, cfg, run_dir, vocab_size, tc, logger, outputs, separator_id
     )
     run.resume()
+    if run.acc.is_main_process and run.step:  # a resumed run: each step's metrics once
+        earlier = jsonl.keep_until(run.step)
+        if isinstance(run.logger, FanoutLogger):
+            run.logger.replay(earlier)
     if run.acc.is_main_process:
         run.logger.log_params({"method": method, "total_steps": run.total_steps})
     return run

@@ -10,6 +10,7 @@ meets first), so older outputs still load.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from bl_core.errors import InputError
+from bl_core.io import default_mode
 
 
 def tied_weight_names(model: nn.Module) -> dict[str, str]:
@@ -46,6 +48,7 @@ def weights_state(model: nn.Module) -> dict[str, Tensor]:
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Write ``model``'s weights to a safetensors file, each tied parameter once."""
     save_file(weights_state(model), str(path), metadata={"format": "pt"})
+    os.chmod(path, default_mode(directory=False))  # save_file makes it 0600 (issue 17)
 
 
 def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:

@@ -12,8 +12,10 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture, wait
 
+from bl_core import interrupt
 from bl_core.config import BudgetedLoRAConfig, config_from_dict
 from bl_core.errors import ConfigError
+from bl_core.interrupt import Interrupted
 from flows import status
 from tasks import progress, tracking
 from tasks.common import absolutize, cell_label, configure_stage
@@ -23,12 +25,15 @@ from tasks.distill import cell_config, cohort_task, distill_task, training_secti
 from tasks.icl import icl_task
 from tasks.packing import pack_task, tokenizer_task
 from tasks.perplexity import perplexity_task
+from tasks.retry import retry_transient
 from tasks.speed import speed_task
+from tasks.store import store_lock, with_artifact_check
 from tasks.students import student_task
 from tasks.teacher_outputs import teacher_outputs_task
 from tasks.teachers import teacher_task
 
-# Stages that train or evaluate get retries (a transient OOM, a preempted GPU, ...).
+# Stages that train or evaluate get retries, for transient errors only (an OOM, a preempted
+# GPU, an I/O timeout: tasks/retry.py); a bad input or a bug fails at once.
 _RETRIED = {"distill", "prepare-teacher", "evaluate-perplexity", "evaluate-icl", "measure-speed"}
 
 
@@ -60,14 +65,21 @@ class GridContext:
         return asdict(self)
 
     def task(self, fn: Any) -> Any:
-        """A stage bound to this grid's storage, forced if named in ``force``."""
+        """A stage bound to this grid's storage, forced if named in ``force``; none
+        starts once a stop was requested (Ctrl-C, SIGTERM: bl_core/interrupt.py)."""
+        interrupt.check(f"before {fn.name}")
         grid = status.get(self.grid_id)
         if grid is not None:
             grid.stages_called += 1  # one call per stage run: "M of N stages from cache"
         bound = configure_stage(fn, self.output_dir, force=fn.name in self.force)
+        bound = with_artifact_check(bound, self.output_dir)  # issue 17: items 3, 4
         if fn.name in _RETRIED:
             p = self.cfg.pipeline
-            bound = bound.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_s)
+            bound = bound.with_options(
+                retries=p.retries,
+                retry_delay_seconds=p.retry_delay_s,
+                retry_condition_fn=retry_transient,
+            )
         return bound
 
     def tags(self, **extra: Any) -> dict[str, str]:
@@ -75,6 +87,7 @@ class GridContext:
             "preset": self.preset,
             "grid_id": self.grid_id,
             "git_commit": tracking.git_commit(),
+            **tracking.owner_tags(),  # issue 17: a rerun can end a dead process's runs
             **{k: str(v) for k, v in extra.items()},
         }
 
@@ -102,7 +115,11 @@ class GridContext:
         uri = tracking.set_tracking_uri(out, cfg.tracking.uri)
         status.log(grid_id, f"MLflow: {uri} (a new store creates its tables first) ...")
         experiment = cfg.tracking.experiment or f"budgeted-lora-{preset}"
-        tracking.setup_experiment(experiment)
+        with store_lock(out, "mlflow-setup"):  # two workers: one creates tables/experiment
+            tracking.setup_experiment(experiment)
+            stale = tracking.end_stale_runs(experiment)  # a killed grid's runs: KILLED
+        if stale:
+            status.log(grid_id, f"MLflow: {len(stale)} run(s) of a killed grid marked KILLED")
         config = cfg.model_dump(mode="json")
         ctx = cls(config, preset, out, list(force), grid_id, experiment, "", rungs=rungs)
         ctx.parent_run_id = tracking.open_run(
@@ -111,7 +128,8 @@ class GridContext:
         try:
             ctx._prepare_shared()
         except BaseException as err:
-            tracking.close_run(ctx.parent_run_id, failed=True, error=repr(err))
+            killed = interrupt.requested()
+            tracking.close_run(ctx.parent_run_id, failed=True, error=repr(err), killed=killed)
             status.finish(grid_id)
             raise
         return ctx
@@ -157,7 +175,7 @@ class GridContext:
             tracking.record_cell(
                 run_id,
                 {
-                    "status": "ok" if ok else "failed",
+                    "status": "ok" if ok else "killed" if interrupt.requested() else "failed",
                     "error": None if ok else f"prepare-teacher: {state.name}: {state.message}",
                     "train": summary,
                     "artifacts": _pretrain_artifacts(self.teacher_refs.get(name)),
@@ -165,6 +183,7 @@ class GridContext:
                 end_time=ended,
             )
         failed = sorted(set(futures) - set(self.teacher_refs))
+        interrupt.check("after prepare-teacher")
         if failed:
             raise RuntimeError(f"teacher preparation failed for {', '.join(failed)}")
         smallest = min(self.teacher_refs.values(), key=lambda t: t["num_params"])
@@ -289,6 +308,7 @@ def share_teacher_outputs(
         store_task = configure_stage(
             teacher_outputs_task, ctx.output_dir, "teacher-outputs" in ctx.force
         )
+        store_task = with_artifact_check(store_task, ctx.output_dir)
         t = ctx.cfg.train
         store = store_task(
             ctx.output_dir,
@@ -396,17 +416,36 @@ def run_cell(
             ),
         }
         results, errors = _collect(stages, out)
+        interrupt.check(label)  # a stage stopped by a signal: the cell is KILLED
         cell |= _cell_fields(results)
         cell["status"] = "ok" if not errors else "failed"
         if errors:
             cell["error"] = "; ".join(errors)
+    except Interrupted as err:
+        cell |= {"status": "killed", "error": str(err)}
+        raise
     except Exception as err:  # noqa: BLE001 - recorded on the cell, the grid goes on
         cell["error"] = repr(err)
     finally:
-        tracking.record_cell(run_id, cell)
+        record_cell(run_id, cell)
         if grid is not None:
             grid.cell_finished(label)
     return cell
+
+
+def record_cell(run_id: str, cell: dict[str, Any]) -> None:
+    """The cell's MLflow bookkeeping; a failure there fails this cell only (issue 17)."""
+    try:
+        tracking.record_cell(run_id, cell)
+    except Exception as err:  # noqa: BLE001 - the grid goes on without this cell
+        cell["status"] = "failed"
+        cell["error"] = f"record-cell: {err!r}" + (
+            f"; {cell['error']}" if cell.get("error") else ""
+        )
+        try:
+            tracking.close_run(run_id, failed=True, error=cell["error"])
+        except Exception:  # noqa: BLE001, S110 - the tracking store itself is down
+            pass
 
 
 def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[str, Any]:
@@ -439,8 +478,14 @@ def run_reference(ctx: GridContext, kind: str, model: dict[str, Any]) -> dict[st
             cell["error"] = "; ".join(errors)
         if kind == "teacher":
             cell["train"] = model.get("pretrain_summary") or {}
+        interrupt.check(label)
+    except Interrupted as err:
+        cell |= {"status": "killed", "error": str(err)}
+        raise
+    except Exception as err:  # noqa: BLE001 - recorded on the cell, the grid goes on
+        cell["error"] = repr(err)
     finally:
-        tracking.record_cell(run_id, cell)
+        record_cell(run_id, cell)
         if grid is not None:
             grid.cell_finished(label)
     return cell

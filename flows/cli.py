@@ -33,7 +33,9 @@ STAGES = (
 
 def _prefect_environment(output_dir: Path) -> None:
     """Defaults measured in ../shared/NOTES.md; anything the user set wins."""
-    os.environ.setdefault("PREFECT_HOME", str(output_dir / "prefect" / "home"))
+    from flows.server import prefect_home  # issue 17: a home per live process
+
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home(output_dir)))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect won't
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's SDK telemetry: offline, and a notice
@@ -102,25 +104,32 @@ def run_train(args: argparse.Namespace) -> int:
     from bl_core.preset_files import config_path, parse_overrides
 
     out = Path(args.out or Path("outputs") / preset).resolve()
+    from flows.preflight import validate_train_args
+
+    validate_train_args(args, out)  # all checks before any server or file
     out.mkdir(parents=True, exist_ok=True)
     _prefect_environment(out)
     from flows.grid import single_run  # imports prefect: only now that its env is set
+    from flows.server import SupervisedRun
 
     if not os.environ.get("PREFECT_API_URL"):
         _status(
             "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
             "train",
         )
-    cell = single_run(
-        config=str(config_path(args.config)),  # the name resolved once, here
-        teacher=args.teacher,
-        method=args.method,
-        final_fraction=args.final_fraction,
-        seed=args.seed,
-        output_dir=str(out),
-        overrides=parse_overrides(args.set) or None,
-        force=args.force,
-    )
+    with SupervisedRun(out, "bl train") as run:  # Ctrl-C/SIGTERM, the server's lifetime
+        cell = single_run(
+            config=str(config_path(args.config)),  # the name resolved once, here
+            teacher=args.teacher,
+            method=args.method,
+            final_fraction=args.final_fraction,
+            seed=args.seed,
+            output_dir=str(out),
+            overrides=parse_overrides(args.set) or None,
+            force=args.force,
+        )
+    if run.exit_code:
+        return run.exit_code
     artifacts = cell["artifacts"]
     print(f"\ncell:       {cell['label']}  ppl {cell['ppl']:.2f}")
     print(f"model:      {artifacts['model_dir']}")
@@ -142,27 +151,32 @@ def run_grid(args: argparse.Namespace) -> int:
     _, preset = load_config_arguments(args)  # bad values fail before Prefect starts
     overrides = parse_overrides(args.set)
     out = Path(args.out or Path("outputs") / preset).resolve()
+    from flows.preflight import validate_grid_args
+
+    validate_grid_args(args, overrides, out)  # issue 17: all checks before any server or file
     out.mkdir(parents=True, exist_ok=True)
     _prefect_environment(out)
     from flows.grid import full_grid  # imports prefect: only now that its env is set
+    from flows.server import SupervisedRun
 
     if not os.environ.get("PREFECT_API_URL"):
         _status(
             "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
             "grid",
         )
-    result = full_grid(
-        config=str(config_path(args.config)),  # the name resolved once, here
-        output_dir=str(out),
-        teachers=args.teachers,
-        methods=args.methods,
-        budgets=args.budgets,
-        seeds=args.seeds,
-        overrides=overrides or None,
-        force=args.force,
-    )
-    print_summary(result, out)
-    return 0
+    with SupervisedRun(out, "bl grid") as run:  # Ctrl-C/SIGTERM, the server's lifetime
+        result = full_grid(
+            config=str(config_path(args.config)),  # the name resolved once, here
+            output_dir=str(out),
+            teachers=args.teachers,
+            methods=args.methods,
+            budgets=args.budgets,
+            seeds=args.seeds,
+            overrides=overrides or None,
+            force=args.force,
+        )
+        print_summary(result, out)
+    return run.exit_code
 
 
 def _status(message: str, command: str = "grid") -> None:
@@ -220,19 +234,26 @@ def run_scaling(args: argparse.Namespace) -> int:
     _, preset = load_config_arguments(args)  # bad values fail before Prefect starts
     overrides = parse_overrides(args.set)
     out = Path(args.out or Path("outputs") / f"{preset}-scaling").resolve()
+    from flows.preflight import validate_scaling_args
+
+    validate_scaling_args(args, overrides, out)  # issue 17: all checks before any server or file
     out.mkdir(parents=True, exist_ok=True)
     _prefect_environment(out)
     from flows.scaling import token_scaling  # imports prefect: only now that its env is set
+    from flows.server import SupervisedRun
 
-    result = token_scaling(
-        config=str(config_path(args.config)),  # the name resolved once, here
-        output_dir=str(out),
-        teacher=args.teacher,
-        steps=args.steps,
-        budgets=args.budgets,
-        seeds=args.seeds,
-        overrides=overrides or None,
-    )
+    with SupervisedRun(out, "bl scaling") as run:  # Ctrl-C/SIGTERM, the server's lifetime
+        result = token_scaling(
+            config=str(config_path(args.config)),  # the name resolved once, here
+            output_dir=str(out),
+            teacher=args.teacher,
+            steps=args.steps,
+            budgets=args.budgets,
+            seeds=args.seeds,
+            overrides=overrides or None,
+        )
+    if run.exit_code:
+        return run.exit_code
     report = result["report"]
     print("\n" + Path(report["markdown"]).read_text())
     print(f"figure:   {report['figure']}")

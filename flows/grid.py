@@ -21,16 +21,20 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from bl_core import interrupt
 from bl_core.allocator import tune_cpu_allocator
-from bl_core.config import BudgetedLoRAConfig, apply_overrides
+from bl_core.config import BudgetedLoRAConfig
 from bl_core.errors import ConfigError
+from bl_core.interrupt import Interrupted
 from bl_core.io import atomic_write_json
-from bl_core.preset_files import resolve_config
+from bl_core.validate import validate_config
 from flows import status
 from flows.cells import GridContext, open_cell_run, run_cell, run_reference, share_teacher_outputs
+from flows.preflight import grid_config
 from tasks import tracking
 from tasks.aggregate import aggregate_task, is_current, publish_report, report_inputs
 from tasks.common import cell_label
+from tasks.report_failures import failure_rows
 
 # Worker threads per flow run. Training tasks also carry the "gpu" tag, whose Prefect
 # concurrency limit caps them at the number of GPUs on a worker (README).
@@ -45,15 +49,7 @@ def resolve_grid_config(
     seeds: list[int] | None,
 ) -> tuple[BudgetedLoRAConfig, str]:
     """Preset or YAML + dotted overrides + the flow's convenience parameters."""
-    cfg, preset = resolve_config(config)
-    changes = dict(overrides or {})
-    if methods is not None:
-        changes["grid.methods"] = list(methods)
-    if budgets is not None:
-        changes["grid.budgets"] = list(budgets)
-    if seeds is not None:
-        changes["pipeline.seeds"] = list(seeds)
-    return apply_overrides(cfg, changes), preset
+    return grid_config(config, overrides, methods, budgets, seeds)
 
 
 def cell_specs(ctx: GridContext, teacher: str) -> list[dict[str, Any]]:
@@ -81,24 +77,31 @@ def teacher_branch(grid: dict[str, Any], teacher_name: str) -> list[dict[str, An
     teacher = ctx.teacher_refs[teacher_name]
     specs = cell_specs(ctx, teacher_name)
     run_ids = {spec["label"]: open_cell_run(ctx, spec) for spec in specs}
-    stores = share_teacher_outputs([(ctx, spec) for spec in specs], teacher, run_ids)
-    return [
-        run_cell(ctx, spec, teacher, run_ids[spec["label"]], stores.get(spec["label"]))
-        for spec in specs
-    ]
+    try:
+        stores = share_teacher_outputs([(ctx, spec) for spec in specs], teacher, run_ids)
+        return [
+            run_cell(ctx, spec, teacher, run_ids[spec["label"]], stores.get(spec["label"]))
+            for spec in specs
+        ]
+    except Interrupted:
+        tracking.kill_running(list(run_ids.values()))  # the cells a stop never reached
+        raise
 
 
 def write_and_publish_report(
-    ctx: GridContext, cells: list[dict[str, Any]], teacher_order: list[str]
+    ctx: GridContext,
+    cells: list[dict[str, Any]],
+    teacher_order: list[str],
+    failures: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The cached aggregate-report stage (recomputed if its files were deleted or another
     grid's report replaced them), then the report attached to this flow run and parent
     MLflow run."""
     inputs = report_inputs(cells)
-    report = ctx.task(aggregate_task)(ctx.output_dir, inputs, teacher_order)
+    report = ctx.task(aggregate_task)(ctx.output_dir, inputs, teacher_order, failures)
     if not is_current(report):
         again = ctx.task(aggregate_task).with_options(refresh_cache=True)
-        report = again(ctx.output_dir, inputs, teacher_order)
+        report = again(ctx.output_dir, inputs, teacher_order, failures)
     return report | {"mlflow_url": publish_report(report, ctx.parent_run_id)}
 
 
@@ -122,6 +125,7 @@ def full_grid(
     """
     tune_cpu_allocator()  # this process trains and evaluates: keep freed memory
     cfg, preset = resolve_grid_config(config, overrides, methods, budgets, seeds)
+    validate_config(cfg, selected_teachers=teachers)  # issue 17: before any stage
     out = str(Path(output_dir or Path("outputs") / preset).resolve())
     ctx = GridContext.start(cfg, preset, out, force or [], grid_id=str(flow_run.get_id()))
     failed = True
@@ -139,7 +143,8 @@ def full_grid(
         for name in selected:
             cells += teacher_branch(ctx.to_dict(), name)
         ok = [c for c in cells if c["status"] == "ok"]
-        report = write_and_publish_report(ctx, ok, [t.name for t in cfg.teachers])
+        order = [t.name for t in cfg.teachers]
+        report = write_and_publish_report(ctx, ok, order, failure_rows(cells))  # issue 17
         # what the grid was: its config and the artifacts its cells used (benchmarks read it)
         atomic_write_json(Path(out) / "report" / "grid.json", ctx.to_dict())
         failures = [
@@ -153,7 +158,7 @@ def full_grid(
         return {"output_dir": out, "report": report, "cells": cells, "stages": stages}
     finally:
         status.finish(ctx.grid_id)  # a failed grid says it too (no-op when done above)
-        tracking.close_run(ctx.parent_run_id, failed=failed)
+        tracking.close_run(ctx.parent_run_id, failed=failed, killed=interrupt.requested())
 
 
 @flow(name="single-run", task_runner=_RUNNER, log_prints=True)

@@ -12,6 +12,7 @@ grid's page in the Prefect UI whichever sub-flow is running.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,8 +39,10 @@ class GridStatus:
     _first_start: float | None = None
 
     def executions(self) -> int:
-        """Stages that ran (not served from cache) since this grid run started."""
-        return len(read_executions(self.output_dir)) - self.executions_before
+        """Stages that ran (not served from cache) in this process since this grid run
+        started: another worker on the same store appends its own (issue 17)."""
+        since = read_executions(self.output_dir)[self.executions_before :]
+        return sum(1 for e in since if e.get("pid", os.getpid()) == os.getpid())
 
     def cell_started(self, label: str) -> None:
         done = len(self.cells)

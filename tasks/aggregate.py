@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from bl_core.io import atomic_write_json, atomic_write_text
 from tasks import tracking
 from tasks.common import payload_hash, record_execution
+from tasks.report_failures import PARTIAL_DIR, finish_report, report_target
 from tasks.report_tables import (
     display_headers,
     format_table,
@@ -52,15 +53,19 @@ def aggregate_task(
     output_dir: str,
     cells: list[dict[str, Any]],
     teacher_order: list[str] | None = None,
+    failures: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Write the report; return the paths of its files and the hash of its inputs, also
-    written to ``report/inputs.sha256`` (:func:`is_current`)."""
+    written to ``report/inputs.sha256`` (:func:`is_current`). ``failures``: the failed
+    cells, listed in report.md; a report whose Table 2 would be empty where the existing
+    one has rows goes to ``report/partial/`` instead (tasks/report_failures.py)."""
     record_execution(output_dir, "aggregate-report", "report")
-    report_dir = Path(output_dir) / "report"
+    report_dir = report_target(Path(output_dir) / "report", cells, teacher_order)
     files = write_report(cells, report_dir, teacher_order)
+    finish_report(files["report.md"], failures or [], report_dir.name == PARTIAL_DIR)
     atomic_write_json(report_dir / "cells.json", cells)  # every figure, machine-readable
     files["cells.json"] = str(report_dir / "cells.json")
-    digest = payload_hash({"cells": cells, "teacher_order": teacher_order})
+    digest = payload_hash({"cells": cells, "teacher_order": teacher_order, "failed": failures})
     atomic_write_text(report_dir / "inputs.sha256", digest)
     return {
         "report_dir": str(report_dir),

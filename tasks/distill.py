@@ -27,6 +27,7 @@ from bl_core.student import load_pretrained
 from bl_core.teacher_outputs import StoredTeacher
 from bl_core.training import train
 from tasks.common import model_fingerprint, record_execution, stage_dir
+from tasks.store import store_lock
 from tasks.tracking import tracking_logger
 
 
@@ -176,6 +177,19 @@ def distill_task(
     cache_policy=NO_CACHE,  # idempotent by its artifacts: finished cells are skipped
 )
 def cohort_task(
+    output_dir: str,
+    teacher: dict[str, Any],
+    cells: list[dict[str, Any]],
+    train_data: dict[str, Any],
+    tokenizer: dict[str, Any],
+) -> dict[str, Any]:
+    """:func:`train_cohort` under a lock on the store: a second worker waits for the
+    first's cohort, then finds its cells finished (issue 17)."""
+    with store_lock(output_dir, f"distill-cohort-{teacher['name']}"):
+        return train_cohort(output_dir, teacher, cells, train_data, tokenizer)
+
+
+def train_cohort(
     output_dir: str,
     teacher: dict[str, Any],
     cells: list[dict[str, Any]],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -218,13 +219,65 @@ def start_run(run_ref: str, start_time: int | None = None) -> str:
 
 
 def close_run(
-    run_id: str, failed: bool, error: str | None = None, end_time: int | None = None
+    run_id: str,
+    failed: bool,
+    error: str | None = None,
+    end_time: int | None = None,
+    killed: bool = False,
 ) -> None:
-    """End a run FINISHED or FAILED (``end_time`` in milliseconds, default now)."""
+    """End a run FINISHED, FAILED or (stopped by a signal) KILLED (``end_time`` in
+    milliseconds, default now)."""
     c = client()
     if error:
         c.set_tag(run_id, "error", error[:5000])
-    c.set_terminated(run_id, status="FAILED" if failed else "FINISHED", end_time=end_time)
+    status = "KILLED" if killed else "FAILED" if failed else "FINISHED"
+    c.set_terminated(run_id, status=status, end_time=end_time)
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process a run belongs to, so a later run can tell a dead one's from a live
+    one's (:func:`end_stale_runs`)."""
+    return {"bl.host": socket.gethostname(), "bl.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_stale_runs(experiment: str) -> list[str]:
+    """Mark KILLED the experiment's RUNNING runs whose process (same host) is gone — a
+    SIGKILLed grid leaves its runs RUNNING forever otherwise. Returns their ids."""
+    c = client()
+    host = socket.gethostname()
+    stale = []
+    runs = c.search_runs(
+        [experiment_id(experiment)],
+        filter_string="attributes.status = 'RUNNING'",
+        max_results=5000,
+    )
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get("bl.pid", "")
+        if tags.get("bl.host") == host and pid.isdigit() and not _alive(int(pid)):
+            c.set_tag(run.info.run_id, "error", f"process {pid} on {host} died (killed)")
+            c.set_terminated(run.info.run_id, status="KILLED")
+            stale.append(run.info.run_id)
+    return stale
+
+
+def kill_running(run_ids: list[str]) -> None:
+    """End the still RUNNING ones of ``run_ids`` KILLED (a grid stopped by a signal)."""
+    c = client()
+    for run_id in run_ids:
+        if run_id and not run_id.startswith(_DEFERRED_PREFIX):
+            if c.get_run(run_id).info.status == "RUNNING":
+                c.set_terminated(run_id, status="KILLED")
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -305,6 +358,16 @@ class MLflowLogger:
     def log_params(self, params: dict[str, Any]) -> None:
         self._guard(set_tags, self.run_id, {f"train.{k}": v for k, v in params.items()})
 
+    def replay(self, records: list[dict[str, Any]]) -> None:
+        """A resumed run's earlier steps (from metrics.jsonl), unless this run has them."""
+        self._guard(self._replay, records)
+
+    def _replay(self, records: list[dict[str, Any]]) -> None:
+        if records and not has_metric(self.run_id, "loss"):
+            for record in records:
+                record = dict(record)
+                log_metrics(self.run_id, record, record.pop("step"))
+
 
 def tracking_logger(output_dir: str, run_id: str | None, label: str | None = None) -> MetricsLogger:
     """What a training stage reports through: its MLflow run (if any) and a progress line
@@ -352,6 +415,7 @@ def record_cell(run_id: str, cell: dict[str, Any], end_time: int | None = None) 
     from metrics.jsonl when the training stage was served from cache and so never
     streamed them; the per-module controller histories become ``controller/`` files."""
     failed = cell.get("status") != "ok"
+    killed = cell.get("status") == "killed"
     try:
         log_metrics(run_id, run_metrics.headline_metrics(cell))
         details = run_metrics.detail_table(cell)
@@ -375,7 +439,7 @@ def record_cell(run_id: str, cell: dict[str, Any], end_time: int | None = None) 
             if path.is_file():
                 log_artifact(run_id, path, "controller")
     finally:
-        close_run(run_id, failed=failed, error=cell.get("error"), end_time=end_time)
+        close_run(run_id, failed, cell.get("error"), end_time, killed=killed)
 
 
 def share_grid_view(parent_run_id: str) -> str:

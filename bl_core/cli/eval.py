@@ -194,11 +194,14 @@ def run(args: argparse.Namespace) -> int:
     tune_cpu_allocator()  # again, now that torch is loaded (the heap it tunes is torch's)
     start = time.perf_counter()
     cfg, run_icl = _resolve_config(args)
+    from bl_core.validate import validate_eval
+
+    validate_eval(args.model_dir, args.ppl_data, args.tokenizer, cfg, run_icl, args.out)
     _check_paths(args)
     if run_icl:
         from bl_core.icl import load_task_items
 
-        load_task_items(cfg.icl)  # a missing or malformed ICL file fails before the model
+        load_task_items(cfg.icl)  # a malformed ICL file fails before the model
     device = _resolve_device(args.device)
     needs_tokenizer = run_icl or bool(args.lm_eval)
     tokenizer = None

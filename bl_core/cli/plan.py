@@ -65,13 +65,13 @@ def run(args: argparse.Namespace) -> int:
             overrides[field] = [t.strip() for t in value.split(",")] if flag == "targets" else value
     cfg, _ = load_config_arguments(args, overrides)
     from bl_core.hub import resolve_model_config
+    from bl_core.validate import check_plan_model
 
-    config_path = resolve_model_config(args.model_config, args.revision)
+    source = resolve_model_config(args.model_config, args.revision)
+    model_config = check_plan_model(source, cfg.student.num_layers)  # one line if impossible
     from bl_core.io import atomic_write_json
     from bl_core.plan import plan_budget  # torch: only now that the arguments are valid
-    from bl_core.student import load_model_config
 
-    model_config = load_model_config(config_path)
     result = plan_budget(model_config, cfg, total_steps=args.steps)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     if args.out:
