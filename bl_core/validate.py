@@ -358,7 +358,11 @@ def validate_eval(
     if out is not None:
         if Path(out).is_dir():
             raise InputError(f"--out={out!r}: is a directory; give a FILE.json")
-        check_output_dir(Path(out).parent, "--out")
+        try:
+            check_output_dir(Path(out).parent, "--out")
+        except InputError as err:  # name the value given, not its parent
+            problem = str(err).split(": ", 1)[1]
+            raise InputError(f"--out={out!r}: {problem}") from None
 
 
 _SHAPE_FIELDS = (

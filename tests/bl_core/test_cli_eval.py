@@ -110,4 +110,4 @@ def test_bad_icl_data_fails_before_the_model_loads(model_dir, tmp_path, capsys, 
     assert "capitalize.json" in capsys.readouterr().err
     out = tmp_path / "capitalize.json" / "eval.json"  # under a file
     assert main(["eval", str(model_dir), "--icl", "--out", str(out)]) == 2
-    assert f"--out {str(out)!r}" in capsys.readouterr().err
+    assert f"--out={str(out)!r}" in capsys.readouterr().err
