@@ -53,4 +53,5 @@ def test_grid_stages_retry_through_the_condition():
 
     ctx = GridContext({"pipeline": {"retries": 2}}, "p", "/tmp/x", [], "g", "e", "r")
     bound = ctx.task(distill_task)
-    assert bound.retries == 2 and bound.retry_condition_fn is retry_transient
+    task = bound.task  # a tasks.common.Stage around the Prefect task
+    assert task.retries == 2 and task.retry_condition_fn is retry_transient
