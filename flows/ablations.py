@@ -26,7 +26,8 @@ from bl_core.config import apply_overrides
 from bl_core.errors import ConfigError
 from flows import status
 from flows.cells import GridContext, open_cell_run, run_cell, share_teacher_outputs
-from flows.grid import _RUNNER, resolve_grid_config
+from flows.grid import _RUNNER
+from flows.preflight import grid_config
 from tasks import tracking
 from tasks.aggregate import ablation_report_task
 from tasks.students import student_task
@@ -102,7 +103,7 @@ def ablations(
     extra = dict(overrides or {})
     if train_tokens is not None:
         extra["train.total_tokens"] = train_tokens
-    cfg, preset = resolve_grid_config(config, extra, None, None, None)
+    cfg, preset = grid_config(config, extra, None, None, None)
     out = str(Path(output_dir or Path("outputs") / f"{preset}-ablations").resolve())
     ctx = GridContext.start(cfg, preset, out, force or [], grid_id=str(flow_run.get_id()))
     failed = True

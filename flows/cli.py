@@ -107,17 +107,10 @@ def run_train(args: argparse.Namespace) -> int:
     from flows.preflight import validate_train_args
 
     validate_train_args(args, out)  # all checks before any server or file
-    out.mkdir(parents=True, exist_ok=True)
-    _prefect_environment(out)
+    run = _supervised_run(out, "train")
     from flows.grid import single_run  # imports prefect: only now that its env is set
-    from flows.server import SupervisedRun
 
-    if not os.environ.get("PREFECT_API_URL"):
-        _status(
-            "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
-            "train",
-        )
-    with SupervisedRun(out, "bl train") as run:  # Ctrl-C/SIGTERM, the server's lifetime
+    with run:  # Ctrl-C/SIGTERM, the server's lifetime
         cell = single_run(
             config=str(config_path(args.config)),  # the name resolved once, here
             teacher=args.teacher,
@@ -154,17 +147,10 @@ def run_grid(args: argparse.Namespace) -> int:
     from flows.preflight import validate_grid_args
 
     validate_grid_args(args, overrides, out)  # issue 17: all checks before any server or file
-    out.mkdir(parents=True, exist_ok=True)
-    _prefect_environment(out)
+    run = _supervised_run(out, "grid")
     from flows.grid import full_grid  # imports prefect: only now that its env is set
-    from flows.server import SupervisedRun
 
-    if not os.environ.get("PREFECT_API_URL"):
-        _status(
-            "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
-            "grid",
-        )
-    with SupervisedRun(out, "bl grid") as run:  # Ctrl-C/SIGTERM, the server's lifetime
+    with run:  # Ctrl-C/SIGTERM, the server's lifetime
         result = full_grid(
             config=str(config_path(args.config)),  # the name resolved once, here
             output_dir=str(out),
@@ -177,6 +163,22 @@ def run_grid(args: argparse.Namespace) -> int:
         )
         print_summary(result, out)
     return run.exit_code
+
+
+def _supervised_run(out: Path, command: str):
+    """After the checks: create ``out``, point Prefect and MLflow at it, and return the
+    :class:`flows.server.SupervisedRun` (signals, the temporary server) ``bl <command>``
+    runs its flow in."""
+    out.mkdir(parents=True, exist_ok=True)
+    _prefect_environment(out)
+    from flows.server import SupervisedRun  # imports prefect: only now that its env is set
+
+    if not os.environ.get("PREFECT_API_URL"):
+        _status(
+            "starting Prefect's temporary local server (10-20 s; PREFECT_API_URL: use yours)",
+            command,
+        )
+    return SupervisedRun(out, f"bl {command}")
 
 
 def _status(message: str, command: str = "grid") -> None:
@@ -237,12 +239,10 @@ def run_scaling(args: argparse.Namespace) -> int:
     from flows.preflight import validate_scaling_args
 
     validate_scaling_args(args, overrides, out)  # issue 17: all checks before any server or file
-    out.mkdir(parents=True, exist_ok=True)
-    _prefect_environment(out)
+    run = _supervised_run(out, "scaling")
     from flows.scaling import token_scaling  # imports prefect: only now that its env is set
-    from flows.server import SupervisedRun
 
-    with SupervisedRun(out, "bl scaling") as run:  # Ctrl-C/SIGTERM, the server's lifetime
+    with run:  # Ctrl-C/SIGTERM, the server's lifetime
         result = token_scaling(
             config=str(config_path(args.config)),  # the name resolved once, here
             output_dir=str(out),

@@ -23,7 +23,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from bl_core import interrupt
 from bl_core.allocator import tune_cpu_allocator
-from bl_core.config import BudgetedLoRAConfig
 from bl_core.errors import ConfigError
 from bl_core.interrupt import Interrupted
 from bl_core.io import atomic_write_json
@@ -39,17 +38,6 @@ from tasks.report_failures import failure_rows
 # Worker threads per flow run. Training tasks also carry the "gpu" tag, whose Prefect
 # concurrency limit caps them at the number of GPUs on a worker (README).
 _RUNNER = ThreadPoolTaskRunner(max_workers=int(os.environ.get("BL_MAX_WORKERS", "1")))
-
-
-def resolve_grid_config(
-    config: str,
-    overrides: dict[str, Any] | None,
-    methods: list[str] | None,
-    budgets: list[float] | None,
-    seeds: list[int] | None,
-) -> tuple[BudgetedLoRAConfig, str]:
-    """Preset or YAML + dotted overrides + the flow's convenience parameters."""
-    return grid_config(config, overrides, methods, budgets, seeds)
 
 
 def cell_specs(ctx: GridContext, teacher: str) -> list[dict[str, Any]]:
@@ -124,7 +112,7 @@ def full_grid(
     to recompute on purpose (e.g. ``["evaluate-icl"]``).
     """
     tune_cpu_allocator()  # this process trains and evaluates: keep freed memory
-    cfg, preset = resolve_grid_config(config, overrides, methods, budgets, seeds)
+    cfg, preset = grid_config(config, overrides, methods, budgets, seeds)
     validate_config(cfg, selected_teachers=teachers)  # issue 17: before any stage
     out = str(Path(output_dir or Path("outputs") / preset).resolve())
     ctx = GridContext.start(cfg, preset, out, force or [], grid_id=str(flow_run.get_id()))
@@ -179,7 +167,7 @@ def single_run(
     from-scratch reference."""
     tune_cpu_allocator()  # this process trains and evaluates: keep freed memory
     budgets = [final_fraction] if final_fraction is not None else None
-    cfg, preset = resolve_grid_config(config, overrides, [method], budgets, [seed])
+    cfg, preset = grid_config(config, overrides, [method], budgets, [seed])
     out = str(Path(output_dir or Path("outputs") / preset).resolve())
     known = [t.name for t in cfg.teachers]
     if teacher is not None and teacher not in known:  # before any work

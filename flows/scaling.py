@@ -27,7 +27,8 @@ from bl_core.config import apply_overrides
 from bl_core.errors import ConfigError
 from flows import status
 from flows.cells import GridContext, open_cell_run, run_cell, share_teacher_outputs
-from flows.grid import _RUNNER, resolve_grid_config
+from flows.grid import _RUNNER
+from flows.preflight import grid_config
 from tasks import tracking
 from tasks.scaling_report import scaling_report_task
 
@@ -57,7 +58,7 @@ def token_scaling(
     steps = sorted(set(steps or DEFAULT_STEPS))
     if not steps or steps[0] < 1:
         raise ConfigError(f"steps={steps}: need at least one optimizer step count >= 1")
-    cfg, preset = resolve_grid_config(config, overrides, None, budgets, seeds or [0, 1])
+    cfg, preset = grid_config(config, overrides, None, budgets, seeds or [0, 1])
     fractions = list(cfg.grid.budgets)
     if not fractions:
         raise ConfigError("grid.budgets is empty: token-scaling compares Budgeted to KD LoRA")

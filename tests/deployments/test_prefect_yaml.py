@@ -143,7 +143,7 @@ def test_entrypoints_load_the_named_flows(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))  # importing prefect must not touch ~
 
-    from flows.grid import resolve_grid_config
+    from flows.preflight import grid_config
 
     for _, deployment in all_deployments():
         module_path, _, function = deployment["entrypoint"].partition(":")
@@ -152,7 +152,7 @@ def test_entrypoints_load_the_named_flows(monkeypatch: pytest.MonkeyPatch, tmp_p
         params = deployment.get("parameters", {})
         assert flow.name == flow_definition(deployment["entrypoint"])[0]
         inspect.signature(flow.fn).bind(**params)
-        resolve_grid_config(params.get("config", "tiny"), params.get("overrides"), None, None, None)
+        grid_config(params.get("config", "tiny"), params.get("overrides"), None, None, None)
     from flows.ablations import ablations
     from flows.grid import full_grid, single_run
 

@@ -7,9 +7,9 @@ from tasks.tracking import flatten
 
 def _params(method: str, fraction: float | None, seed: int = 1) -> dict[str, str]:
     from flows.cells import cell_params
-    from flows.grid import resolve_grid_config
+    from flows.preflight import grid_config
 
-    cfg, _ = resolve_grid_config("micro", None, None, None, None)
+    cfg, _ = grid_config("micro", None, None, None, None)
     spec = {"teacher": "micro-m", "method": method, "final_fraction": fraction, "seed": seed,
             "label": f"micro-m/{method}"}  # fmt: skip
     return flatten(cell_params(cfg.model_dump(mode="json"), spec))

@@ -6,9 +6,9 @@ from bl_core.errors import ConfigError
 
 
 def test_parameters_override_the_preset():
-    from flows.grid import resolve_grid_config
+    from flows.preflight import grid_config
 
-    cfg, preset = resolve_grid_config(
+    cfg, preset = grid_config(
         "micro", {"tracking.uri": None, "icl.items_per_task": 3}, ["kd_lora"], [0.1], [0, 1]
     )
     assert preset == "micro" and cfg.tracking.uri is None and cfg.icl.items_per_task == 3
@@ -17,9 +17,9 @@ def test_parameters_override_the_preset():
 
 
 def test_bad_parameters_fail_before_any_work():
-    from flows.grid import resolve_grid_config
+    from flows.preflight import grid_config
 
     with pytest.raises(ConfigError, match="grid.budgets"):
-        resolve_grid_config("micro", None, None, [1.5], None)
+        grid_config("micro", None, None, [1.5], None)
     with pytest.raises(ConfigError, match="preset"):
-        resolve_grid_config("no-such-preset", None, None, None, None)
+        grid_config("no-such-preset", None, None, None, None)
