@@ -26,8 +26,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 
 import bl_core
 from bl_core.allocator import tune_cpu_allocator
-from bl_core.compression import ModulePlan, choose_form
 from bl_core.config import BudgetedLoRAConfig, apply_overrides, config_from_dict
+from bl_core.forms import ModulePlan, choose_form
 from bl_core.modules import LowRankLinear
 from bl_core.plan import plan_budget
 from bl_core.student import load_model_config, select_layers, student_config

@@ -26,8 +26,8 @@ import _common as bc
 import torch
 from torch import nn
 
-from bl_core.compression import ModulePlan
 from bl_core.config import TARGET_MODULES
+from bl_core.forms import ModulePlan
 from bl_core.speed import measure_module_speedup
 
 NAME = "compressed_modules"

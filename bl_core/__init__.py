@@ -27,7 +27,7 @@ _EXPORTS = {
     "LoRADropout": "bl_core.modules",
     "LossParts": "bl_core.losses",
     "LowRankLinear": "bl_core.modules",
-    "ModulePlan": "bl_core.compression",
+    "ModulePlan": "bl_core.forms",
     "StudentConfig": "bl_core.config",
     "TrainConfig": "bl_core.config",
     "TrainingError": "bl_core.training",

@@ -16,11 +16,10 @@ Face model directory (:mod:`bl_core.export`) that reloads without gates or contr
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,45 +28,12 @@ from transformers import PreTrainedModel
 from bl_core.config import CompressionConfig
 from bl_core.costs import compression_summary
 from bl_core.errors import InputError
+from bl_core.forms import ModulePlan, plan_projection
 from bl_core.modules import GatedLoRALinear, LowRankLinear
 
 MANIFEST_NAME = "bl_manifest.json"
 MANIFEST_FORMAT = "budgeted-lora-compressed"
 WEIGHTS_NAME = "model.safetensors"
-Form = Literal["keep", "svd", "drop"]
-
-
-@dataclass(frozen=True)
-class ModulePlan:
-    """What compression does to one module; ``rank`` is the deployed rank (0 for keep).
-
-    ``bias``: the *deployed* module carries a bias. The bias follows the dense path
-    (DESIGN §3): scaled by ``alpha`` in keep and svd, gone with it in drop.
-    """
-
-    name: str
-    d_in: int
-    d_out: int
-    alpha: float
-    form: Form
-    lora_rank: int
-    svd_rank: int
-    bias: bool
-
-    @property
-    def rank(self) -> int:
-        return {"keep": 0, "svd": self.svd_rank + self.lora_rank, "drop": self.lora_rank}[self.form]
-
-    @property
-    def dense_macs(self) -> int:
-        return self.d_in * self.d_out
-
-    @property
-    def compressed_macs(self) -> int:
-        """MACs per token after compression (weights only, as in the paper)."""
-        if self.form == "keep":
-            return self.d_in * self.d_out
-        return self.rank * (self.d_in + self.d_out)
 
 
 def kept_ranks(gates: Tensor, tau_rank: float) -> Tensor:
@@ -78,46 +44,24 @@ def kept_ranks(gates: Tensor, tau_rank: float) -> Tensor:
     return kept
 
 
-def choose_form(alpha: float, cfg: CompressionConfig) -> tuple[Form, int]:
-    """``(form, svd_rank k)`` for a final retention ``alpha``."""
-    if alpha < cfg.tau_drop:
-        return "drop", 0
-    if alpha < cfg.tau_svd:
-        k = min(cfg.svd_max_rank, max(1, math.ceil(cfg.svd_max_rank * alpha / cfg.tau_svd)))
-        return "svd", k
-    return "keep", 0
-
-
-def plan_module(
-    name: str, module: GatedLoRALinear, cfg: CompressionConfig, gates: Tensor | None = None
-) -> ModulePlan:
-    """Plan one module. ``gates`` overrides ``module.gates()`` (for meta-device planning)."""
-    gates = module.gates().detach() if gates is None else gates
-    form, k = choose_form(module.retention_value, cfg)
-    k = min(k, module.in_features, module.out_features)  # a matrix has no more singular values
-    return ModulePlan(
-        name=name,
-        d_in=module.in_features,
-        d_out=module.out_features,
-        alpha=module.retention_value,
-        form=form,
-        lora_rank=int(kept_ranks(gates, cfg.tau_rank).numel()),
-        svd_rank=k,
-        bias=module.base.bias is not None and form != "drop",
+def plan_module(name: str, module: GatedLoRALinear, cfg: CompressionConfig) -> ModulePlan:
+    """Plan one trained module from its retention and hardened gates."""
+    return plan_projection(
+        name,
+        module.in_features,
+        module.out_features,
+        module.base.bias is not None,
+        module.retention_value,
+        int(kept_ranks(module.gates().detach(), cfg.tau_rank).numel()),
+        cfg,
     )
 
 
 def plan_compression(
-    modules: Sequence[tuple[str, GatedLoRALinear]],
-    cfg: CompressionConfig,
-    assume_open_gates: bool = False,
+    modules: Sequence[tuple[str, GatedLoRALinear]], cfg: CompressionConfig
 ) -> list[ModulePlan]:
-    """Plans for all modules; ``assume_open_gates`` treats every gate as 1 (``bl plan``)."""
-    plans = []
-    for name, module in modules:
-        gates = torch.ones(module.rank) if assume_open_gates else None
-        plans.append(plan_module(name, module, cfg, gates))
-    return plans
+    """Plans for all modules, in order."""
+    return [plan_module(name, module, cfg) for name, module in modules]
 
 
 @torch.no_grad()

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bl_core.modules import GatedLoRALinear
+if TYPE_CHECKING:  # the controller reads numbers only: ``bl plan`` runs it without torch
+    from bl_core.modules import GatedLoRALinear
 
-RemovalScore = Callable[[str, GatedLoRALinear], float]
+RemovalScore = Callable[[str, "GatedLoRALinear"], float]
 
 
 def cost_score(name: str, module: GatedLoRALinear) -> float:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bl_core.compression import ModulePlan
+    from bl_core.forms import ModulePlan
 
 
 def dense_cost(shapes: Iterable[tuple[int, int]]) -> int:

@@ -46,7 +46,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PretrainedConfi
 from bl_core.modules import GatedLoRALinear, LowRankLinear
 
 if TYPE_CHECKING:
-    from bl_core.compression import ModulePlan
+    from bl_core.forms import ModulePlan
 
 
 @dataclass(frozen=True)

@@ -17,40 +17,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from bl_core.architecture import select_layers
 from bl_core.config import TARGET_MODULES, ConfigError
 from bl_core.errors import InputError
 from bl_core.integrity import check_weights_dir
 from bl_core.modules import GatedLoRALinear
 
 _LAYER_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<index>\d+)\.(?P<rest>.+)$")
-
-
-def select_layers(num_teacher_layers: int, num_student_layers: int, mode: str) -> list[int]:
-    """Teacher layer indices kept by the student (DESIGN §2 table)."""
-    big_l, n = num_teacher_layers, num_student_layers
-    if n < 1 or n > big_l:
-        raise ConfigError(
-            f"student.num_layers={n}: must be between 1 and the teacher's depth {big_l}"
-        )
-    if mode in ("first", "truncated"):
-        indices = list(range(n))
-    elif mode == "last":
-        indices = list(range(big_l - n, big_l))
-    elif mode == "middle":
-        start = (big_l - n) // 2
-        indices = list(range(start, start + n))
-    elif mode == "mixed":
-        # First and last anchored, the rest evenly spaced. Python's round() is banker's
-        # rounding; DESIGN's example (12 -> 6 gives 0,2,4,7,9,11) needs half-up.
-        indices = [0] if n == 1 else [int(i * (big_l - 1) / (n - 1) + 0.5) for i in range(n)]
-    else:
-        raise ConfigError(
-            f"student.layer_selection={mode!r}: must be one of first, truncated, middle, last, "
-            "mixed"
-        )
-    if len(set(indices)) != n or indices != sorted(indices):
-        raise ConfigError(f"layer selection {mode!r} gave colliding indices {indices}")
-    return indices
 
 
 def student_config(teacher_config: PretrainedConfig, indices: Sequence[int]) -> PretrainedConfig:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bl_core.architecture import is_llama_family
 from bl_core.config import BudgetedLoRAConfig, TeacherConfig
 from bl_core.errors import BLError, ConfigError, InputError
 from bl_core.integrity import check_json_file, check_weights_dir
@@ -377,15 +378,11 @@ _SHAPE_FIELDS = (
 
 def check_plan_model(path: str | Path, student_layers: int) -> Any:
     """``bl plan``'s model: a config.json (file or model dir) of an architecture transformers
-    knows, with shapes a student can be built from. Returns the loaded config; prints which
-    shape fields came from the library's defaults, since a config that names only its
-    ``model_type`` otherwise plans a full-size model silently."""
-    import sys
-
-    from transformers import CONFIG_MAPPING
-
-    from bl_core.student import load_model_config
-
+    knows, with shapes a student can be built from. Returns the config.json dict when it is
+    a complete Llama-family config (planned without torch, :mod:`bl_core.architecture`),
+    else the loaded transformers config; prints which shape fields came from the library's
+    defaults, since a config that names only its ``model_type`` otherwise plans a full-size
+    model silently."""
     path = Path(path)
     file = path / "config.json" if path.is_dir() else path
     field = f"--model-config={str(path)!r}"
@@ -395,12 +392,28 @@ def check_plan_model(path: str | Path, student_layers: int) -> Any:
     model_type = data.get("model_type")
     if model_type is None:
         raise InputError(f"{field}: has no 'model_type'")
+    _check_shapes(_Fields(data), field, student_layers)  # before transformers' own checks
+    if is_llama_family(data):
+        return data
+    return _load_plan_config(path, file, data, field, student_layers)
+
+
+def _load_plan_config(
+    path: Path, file: Path, data: dict[str, Any], field: str, student_layers: int
+) -> Any:
+    """The transformers config of a model ``bl plan`` instantiates on the meta device."""
+    import sys
+
+    from transformers import CONFIG_MAPPING
+
+    from bl_core.student import load_model_config
+
+    model_type = data["model_type"]
     if model_type not in CONFIG_MAPPING:
         raise InputError(
             f"{field}: model_type={model_type!r} is not an architecture this transformers "
             "version knows (e.g. llama, mistral, qwen2)"
         )
-    _check_shapes(_Fields(data), field, student_layers)  # before transformers' own checks
     try:
         config = load_model_config(path)
     except BLError:

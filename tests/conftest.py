@@ -70,6 +70,7 @@ def make_arch_config(
     hidden_size: int = 32,
     intermediate_size: int = 64,
     vocab_size: int = 300,
+    **overrides,
 ):
     """A tiny config of one :data:`ARCHITECTURES` entry (GQA 4/2 heads)."""
     from transformers import AutoConfig
@@ -87,7 +88,7 @@ def make_arch_config(
         eos_token_id=0,
         bos_token_id=0,
         pad_token_id=1,
-        **extra,
+        **{**extra, **overrides},
     )
 
 

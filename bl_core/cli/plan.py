@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     source = resolve_model_config(args.model_config, args.revision)
     model_config = check_plan_model(source, cfg.student.num_layers)  # one line if impossible
     from bl_core.io import atomic_write_json
-    from bl_core.plan import plan_budget  # torch: only now that the arguments are valid
+    from bl_core.plan import plan_budget  # torch only for a model outside the Llama family
 
     result = plan_budget(model_config, cfg, total_steps=args.steps)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))

@@ -7,7 +7,6 @@ from conftest import make_mistral
 from bl_core.checkpoint import load_causal_lm
 from bl_core.compression import (
     MANIFEST_NAME,
-    choose_form,
     compress_model,
     kept_ranks,
     load_compressed,
@@ -15,6 +14,7 @@ from bl_core.compression import (
 )
 from bl_core.config import CompressionConfig
 from bl_core.errors import InputError
+from bl_core.forms import choose_form
 from bl_core.modules import GatedLoRALinear, LowRankLinear
 from bl_core.student import inject_gated_lora
 
