@@ -57,6 +57,12 @@ def add_grid_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", nargs="+", type=float, help="final fractions F for budgeted")
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default 0)")
     _add_force(p)
+    p.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run the flow even when this grid is complete and nothing changed (by default "
+        "such a rerun prints the stored summary without starting Prefect)",
+    )
     p.set_defaults(func=run_grid)
 
 
@@ -107,6 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
     from flows.preflight import validate_train_args
 
     validate_train_args(args, out)  # all checks before any server or file
+    _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...", "train")
     run = _supervised_run(out, "train")
     from flows.grid import single_run  # imports prefect: only now that its env is set
 
@@ -144,9 +151,19 @@ def run_grid(args: argparse.Namespace) -> int:
     _, preset = load_config_arguments(args)  # bad values fail before Prefect starts
     overrides = parse_overrides(args.set)
     out = Path(args.out or Path("outputs") / preset).resolve()
+    from flows import complete
     from flows.preflight import validate_grid_args
 
-    validate_grid_args(args, overrides, out)  # issue 17: all checks before any server or file
+    cfg = validate_grid_args(args, overrides, out)  # issue 17: all checks before any server
+    key = complete.grid_key(cfg, args.teachers)
+    if not (args.force or args.recheck or os.environ.get("PREFECT_API_URL")):
+        summary = complete.completed_summary(out, key)
+        if summary is not None:
+            _status(f"{out} holds this grid, complete, and nothing it depends on has changed")
+            print("\n" + summary)
+            return 0
+    complete.forget(out)  # a run that stops half-way leaves no completion record
+    _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...")
     run = _supervised_run(out, "grid")
     from flows.grid import full_grid  # imports prefect: only now that its env is set
 
@@ -161,7 +178,10 @@ def run_grid(args: argparse.Namespace) -> int:
             overrides=overrides or None,
             force=args.force,
         )
-        print_summary(result, out)
+        summary = summary_text(result, out)
+        print("\n" + summary)
+    if run.exit_code == 0:
+        complete.record(out, key, result, summary)
     return run.exit_code
 
 
@@ -186,7 +206,7 @@ def _status(message: str, command: str = "grid") -> None:
     print(f"bl {command}: {message}", file=sys.stderr, flush=True)
 
 
-def print_summary(result: dict, out: Path, width: int = 100) -> None:
+def summary_text(result: dict, out: Path, width: int = 100) -> str:
     """Table 2 in ``width`` columns (the full table is in the report), where everything is,
     and how much of the run came from cache."""
     import pandas as pd
@@ -197,21 +217,24 @@ def print_summary(result: dict, out: Path, width: int = 100) -> None:
     report = result["report"]
     table2 = pd.read_csv(Path(report["report_dir"]) / "table2.csv", index_col=0)
     compact = compact_table(display_headers(format_table(table2)), width)
-    print("\n" + (compact or "(Table 2 is wider than the terminal: see table2.md)"))
-    print(f"full table: {report['table2_md']}")
-    print(f"report:     {report['report_md']}")
-    print(f"outputs:    {out}")
+    lines = [
+        compact or "(Table 2 is wider than the terminal: see table2.md)",
+        f"full table: {report['table2_md']}",
+        f"report:     {report['report_md']}",
+        f"outputs:    {out}",
+    ]
     uri = os.environ["MLFLOW_TRACKING_URI"]
     if not uri.startswith(("http://", "https://")):
-        print(f"MLflow:     mlflow ui --backend-store-uri {uri}")
+        lines.append(f"MLflow:     mlflow ui --backend-store-uri {uri}")
     if report.get("mlflow_url"):
-        print(f"budgets:    {report['mlflow_url']}")
+        lines.append(f"budgets:    {report['mlflow_url']}")
     stages = result.get("stages")
     if stages:
-        print(
+        lines.append(
             f"stages:     {stages['from_cache']} of {stages['stages']} from cache, "
             f"{stages['ran']} ran ({stages['seconds']:.0f} s in the flow)"
         )
+    return "\n".join(lines)
 
 
 def add_scaling_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -267,9 +290,6 @@ def bl_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] in (["grid"], ["train"]) and not {"-h", "--help"} & set(args):
-        _status("loading torch, transformers, Prefect and MLflow (about 10 s) ...", args[0])
     parser = bl_parser()
     return run_parsed(parser, argv)
 

@@ -32,11 +32,15 @@ def grid_config(
     return apply_overrides(cfg, changes), preset
 
 
-def validate_grid_args(args: argparse.Namespace, overrides: dict[str, Any], out: Path) -> None:
-    """Everything ``bl grid`` can know before it starts; raises a one-line BLError."""
+def validate_grid_args(
+    args: argparse.Namespace, overrides: dict[str, Any], out: Path
+) -> BudgetedLoRAConfig:
+    """Everything ``bl grid`` can know before it starts; raises a one-line BLError.
+    Returns the resolved configuration."""
     cfg, _ = grid_config(args.config, overrides, args.methods, args.budgets, args.seeds)
     validate_config(cfg, selected_teachers=args.teachers)
     check_output_dir(out)
+    return cfg
 
 
 def validate_scaling_args(args: argparse.Namespace, overrides: dict[str, Any], out: Path) -> None:

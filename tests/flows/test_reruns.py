@@ -130,7 +130,8 @@ def test_a_store_copied_elsewhere_is_served_from_cache_by_another_worker(tmp_pat
     store.rename(hidden)
     try:
         before = len(read_executions(copy))
-        done = run_bl(code, grid_command(copy, fv_dir), api_url=None)
+        # --recheck: through the flow's per-stage keys, not the completed-grid answer
+        done = run_bl(code, grid_command(copy, fv_dir, "--recheck"), api_url=None)
     finally:
         # Known gap: the copied MLflow store's experiment keeps its artifact location, so
         # MLflow (not the pipeline) writes the new runs' artifacts to the old path.
@@ -140,6 +141,25 @@ def test_a_store_copied_elsewhere_is_served_from_cache_by_another_worker(tmp_pat
         hidden.rename(store)
     assert read_executions(copy)[before:] == []
     assert " from cache, 0 ran " in done.stdout
+
+
+def test_an_unchanged_rerun_is_answered_without_starting_prefect(tmp_path, baseline):
+    """The completed-grid record (flows/complete.py): a rerun of a finished grid, here from
+    a copy of its store at another path, prints the stored summary in a fraction of a
+    second; no stage and no Prefect server starts."""
+    code, fv_dir, store = baseline
+    copy = shutil.copytree(store, tmp_path / "moved")
+    before = len(read_executions(copy))
+    done = run_bl(code, grid_command(copy, fv_dir), api_url=None)
+    assert read_executions(copy)[before:] == []
+    assert "(the flow was not started; --recheck runs it)" in done.stdout
+    assert "Starting temporary server" not in done.stdout + done.stderr
+    assert f"report:     {copy / 'report' / 'report.md'}" in done.stdout  # the copy's paths
+    assert "Budgeted F=0.0" in done.stdout
+    (copy / "report" / "report.md").unlink()  # the recorded report is gone: the flow runs
+    again = run_bl(code, grid_command(copy, fv_dir), api_url=None)
+    assert "Starting temporary server" in again.stdout + again.stderr
+    assert [e["stage"] for e in read_executions(copy)[before:]] == ["aggregate-report"]
 
 
 def train_command(store: Path, fv_dir: Path, *extra: str) -> list[str]:

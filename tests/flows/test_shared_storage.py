@@ -37,6 +37,7 @@ def _worker(shared, home) -> subprocess.CompletedProcess:
         "icl.items_per_task=2",
         "--set",
         "pipeline.retries=0",
+        "--recheck",  # through the flow's stage keys, not the completed-grid answer
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
