@@ -77,6 +77,7 @@ def is_llama_family(data: Mapping[str, Any]) -> bool:
     """A config.json dict the torch-free path can plan: a Llama-family ``model_type`` with
     every shape field set to a positive integer (anything else goes to transformers, whose
     defaults fill absent fields and whose validators name bad ones)."""
+
     def positive_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value > 0
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
+from bl_core.architecture import is_llama_family
 from bl_core.cli import add_config_arguments, load_config_arguments
+from bl_core.errors import BLError, ConfigError, InputError
+from bl_core.integrity import check_json_file
 
 # flag -> dotted config field
 _FLAG_FIELDS = {
@@ -65,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
             overrides[field] = [t.strip() for t in value.split(",")] if flag == "targets" else value
     cfg, _ = load_config_arguments(args, overrides)
     from bl_core.hub import resolve_model_config
-    from bl_core.validate import check_plan_model
 
     source = resolve_model_config(args.model_config, args.revision)
     model_config = check_plan_model(source, cfg.student.num_layers)  # one line if impossible
@@ -101,3 +105,104 @@ def format_plan(result: dict[str, Any]) -> str:
         f"kd_lora {r['kd_lora_train_compute_proxy']:.2f}",
     ]
     return "\n".join(lines)
+
+
+# -- the model bl plan is given: checked before any work ---------------------------------
+_SHAPE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+)
+
+
+def check_plan_model(path: str | Path, student_layers: int) -> Any:
+    """``bl plan``'s model: a config.json (file or model dir) of an architecture transformers
+    knows, with shapes a student can be built from. Returns the config.json dict when it is
+    a complete Llama-family config (planned without torch, :mod:`bl_core.architecture`),
+    else the loaded transformers config; prints which shape fields came from the library's
+    defaults, since a config that names only its ``model_type`` otherwise plans a full-size
+    model silently."""
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    field = f"--model-config={str(path)!r}"
+    if not file.is_file():
+        raise InputError(f"{field}: no config.json")
+    data = check_json_file(file, "model config")
+    model_type = data.get("model_type")
+    if model_type is None:
+        raise InputError(f"{field}: has no 'model_type'")
+    _check_shapes(_Fields(data), field, student_layers)  # before transformers' own checks
+    if is_llama_family(data):
+        return data
+    return _load_plan_config(path, file, data, field, student_layers)
+
+
+def _load_plan_config(
+    path: Path, file: Path, data: dict[str, Any], field: str, student_layers: int
+) -> Any:
+    """The transformers config of a model ``bl plan`` instantiates on the meta device."""
+    from transformers import CONFIG_MAPPING
+
+    from bl_core.student import load_model_config
+
+    model_type = data["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        raise InputError(
+            f"{field}: model_type={model_type!r} is not an architecture this transformers "
+            "version knows (e.g. llama, mistral, qwen2)"
+        )
+    try:
+        config = load_model_config(path)
+    except BLError:
+        raise
+    except Exception as err:  # noqa: BLE001 - transformers' validators raise several types
+        cause = err.__cause__ or err
+        raise InputError(f"{field}: {str(cause).splitlines()[0]}") from None
+    defaulted = [f"{k}={getattr(config, k, None)}" for k in _SHAPE_FIELDS if k not in data]
+    if defaulted:
+        print(
+            f"bl plan: note: {file} does not set {len(defaulted)} shape field(s); using "
+            f"transformers' {model_type} defaults: {', '.join(defaulted)}",
+            file=sys.stderr,
+        )
+    _check_shapes(config, field, student_layers)
+    return config
+
+
+class _Fields:
+    """A config.json dict read like a config object (absent fields are ``None``)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+
+    def __getattr__(self, name: str) -> None:
+        return None
+
+
+def _check_shapes(config: Any, field: str, student_layers: int) -> None:
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", 0)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    layers = getattr(config, "num_hidden_layers", None)
+    if hidden is None or not heads:
+        return  # a library default fills it (checked again on the loaded config)
+    if not isinstance(hidden, int) or hidden <= 0:
+        raise InputError(f"{field}: hidden_size={hidden}, num_attention_heads={heads}")
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    if getattr(config, "head_dim", None) is None and hidden % heads:
+        raise InputError(
+            f"{field}: hidden_size={hidden} is not divisible by num_attention_heads={heads}"
+        )
+    if heads % kv_heads:
+        raise InputError(
+            f"{field}: num_attention_heads={heads} is not divisible by num_key_value_heads="
+            f"{kv_heads}"
+        )
+    if head_dim % 2:
+        raise InputError(f"{field}: head dimension {head_dim} is odd (rotary embeddings need even)")
+    if isinstance(layers, int) and student_layers > layers:
+        raise ConfigError(
+            f"student.num_layers={student_layers}: more than the model's {layers} layers"
+        )
