@@ -4,16 +4,18 @@ When a grid finishes, ``bl grid`` records what the run depended on — the resol
 configuration and teacher selection, the bytes of every file under ``bl_core/``,
 ``tasks/`` and ``flows/``, the content of every local file the configuration names, the
 Python and library versions and a user-set ``MLFLOW_TRACKING_URI`` — with the summary it
-printed, the artifacts the grid was built from and a hash of every report file
-(``report/complete.json``). A rerun computes the same key first (tens of milliseconds); if
-it matches, every artifact is still there and complete, and the report is the one
-recorded, then no stage's cache key can have changed, so the flow would only confirm 100%
-cache hits: the stored summary is printed and the run ends, without the ~20 s of imports
-and Prefect's temporary server. Anything else — a code edit anywhere, a ``--set``, a
-changed data file, a deleted stage directory — runs the flow, whose per-stage keys
-(:mod:`tasks.fingerprints`) then decide exactly what reruns. ``--force``, ``--recheck`` and
-a ``PREFECT_API_URL`` of your own always run the flow. Paths are stored relative to the
-output directory, so a copied or moved output directory answers the same way.
+printed and the size and modification time of every file under ``stages/`` and
+``report/`` (``report/complete.json``). A rerun computes the same key first (tens of
+milliseconds). If it matches and no file there was deleted, added, truncated or
+rewritten, then no stage's cache key can have changed and no artifact is missing: the
+flow would only confirm 100% cache hits, so the stored summary is printed and the run
+ends, without the ~20 s of imports and Prefect's temporary server. Anything else — a code
+edit anywhere, a ``--set``, a changed data file, a deleted stage directory — runs the
+flow, whose per-stage keys (:mod:`tasks.fingerprints`) then decide exactly what reruns.
+``--force``, ``--recheck`` and a ``PREFECT_API_URL`` of your own always run the flow.
+Paths are stored relative to the output directory, so a copied or moved output directory
+answers the same way when the copy keeps modification times (``cp -a``,
+``shutil.copytree``).
 """
 
 from __future__ import annotations
@@ -29,14 +31,13 @@ from typing import Any
 
 from bl_core.config import BudgetedLoRAConfig
 from bl_core.io import atomic_write_json
-from tasks.artifacts import path_problem
 from tasks.fingerprints import PROJECT_ROOT, read_files_fingerprint
 
 RECORD = Path("report") / "complete.json"
 CODE_DIRS = ("bl_core", "tasks", "flows")
 LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "prefect", "mlflow", "pandas")
+SNAPSHOT_DIRS = ("stages", "report")
 _OUT = "\0out\0"  # the output directory inside the stored summary text
-_PATH_SUFFIXES = ("_dir", "_path", "_md", "_csv", "_png")
 
 
 def grid_key(cfg: BudgetedLoRAConfig, teachers: list[str] | None) -> str:
@@ -76,29 +77,16 @@ def _code_files() -> list[Path]:
     return sorted(files)
 
 
-def _artifacts(value: Any, out: Path, found: set[str]) -> set[str]:
-    """Relative paths of the output files and directories named anywhere in ``value``."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, str) and key.endswith(_PATH_SUFFIXES) and item:
-                path = Path(item)
-                if path.is_absolute() and path.is_relative_to(out):
-                    found.add(str(path.relative_to(out)))
-            else:
-                _artifacts(item, out, found)
-    elif isinstance(value, list):
-        for item in value:
-            _artifacts(item, out, found)
+def _snapshot(out: Path) -> dict[str, list[int]]:
+    """``{path: [size, mtime_ns]}`` of every file under ``stages/`` and ``report/``: a
+    deleted, truncated, rewritten or added file there sends the rerun to the flow."""
+    found = {}
+    for name in SNAPSHOT_DIRS:
+        for path in sorted((out / name).rglob("*")):
+            if path.is_file() and path != out / RECORD:
+                stat = path.stat()
+                found[str(path.relative_to(out))] = [stat.st_size, stat.st_mtime_ns]
     return found
-
-
-def _report_hashes(out: Path) -> dict[str, str]:
-    report = out / "report"
-    return {
-        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(report.rglob("*"))
-        if p.is_file() and p.name != RECORD.name
-    }
 
 
 def forget(out: Path) -> None:
@@ -108,7 +96,6 @@ def forget(out: Path) -> None:
 
 def record(out: Path, key: str, result: dict[str, Any], summary: str) -> None:
     """After a grid finished with every cell ok: what a later rerun compares against."""
-    grid = json.loads((out / "report" / "grid.json").read_text())
     atomic_write_json(
         out / RECORD,
         {
@@ -116,8 +103,7 @@ def record(out: Path, key: str, result: dict[str, Any], summary: str) -> None:
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "stages": result.get("stages"),
             "summary": summary.replace(str(out), _OUT),
-            "artifacts": sorted(_artifacts([result, grid], out, set())),
-            "report_files": _report_hashes(out),
+            "files": _snapshot(out),
         },
     )
 
@@ -127,16 +113,11 @@ def completed_summary(out: Path, key: str) -> str | None:
     complete for ``key``; else ``None`` (the flow must run)."""
     try:
         rec = json.loads((out / RECORD).read_text())
-        if rec["key"] != key:
+        if rec["key"] != key or rec["files"] != _snapshot(out):
             return None
-        if any(path_problem(out / rel) for rel in rec["artifacts"]):
-            return None
-        if _report_hashes(out) != rec["report_files"]:
-            return None
-        summary, stages, finished = rec["summary"], rec["stages"], rec["finished"]
+        summary, total, finished = rec["summary"], rec["stages"]["stages"], rec["finished"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no record, or one this version cannot read: run the flow
-    total = stages["stages"] if stages else len(rec["artifacts"])
     lines = [line for line in summary.splitlines() if not line.startswith("stages:")]
     lines += [
         f"stages:     {total} of {total} from cache, 0 ran: nothing changed since {finished}",

@@ -28,9 +28,45 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.locking.protocol import LockManager
 
-from tasks.artifacts import artifact_problem
+from bl_core.integrity import safetensors_problem
 
 log = logging.getLogger("bl_core.store")
+_PATH_SUFFIXES = ("_dir", "_path")
+
+
+def artifact_problem(result: Any) -> str | None:
+    """What is missing or incomplete among the paths a stage result names (``*_dir`` and
+    ``*_path`` values, nested), or ``None``."""
+    if isinstance(result, dict):
+        for key, value in result.items():
+            if isinstance(value, str) and key.endswith(_PATH_SUFFIXES) and value:
+                problem = _path_problem(Path(value))
+                if problem:
+                    return f"{key} {value!r} {problem}"
+            elif isinstance(value, (dict, list)):
+                problem = artifact_problem(value)
+                if problem:
+                    return problem
+    elif isinstance(result, list):
+        for item in result:
+            problem = artifact_problem(item)
+            if problem:
+                return problem
+    return None
+
+
+def _path_problem(path: Path) -> str | None:
+    if not path.is_absolute():
+        return None  # not a store path
+    if not path.exists():
+        return "is missing"
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    for file in files:
+        if file.suffix == ".safetensors":
+            problem = safetensors_problem(file)
+            if problem:
+                return f"holds a damaged {file.name} ({problem})"
+    return None
 
 
 @dataclass

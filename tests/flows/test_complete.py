@@ -3,7 +3,6 @@ flow, and everything that must send it back to the flow."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -56,7 +55,6 @@ def _finished_grid(out: Path) -> dict:
     report = out / "report"
     report.mkdir()
     (report / "report.md").write_text("# report\n")
-    (report / "grid.json").write_text(json.dumps({"student_ref": {"model_dir": str(model)}}))
     return {
         "report": {"report_dir": str(report), "report_md": str(report / "report.md")},
         "cells": [{"artifacts": {"model_dir": str(model)}}],
@@ -78,7 +76,14 @@ def test_a_finished_grid_answers_from_anywhere_it_is_copied(tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["artifact deleted", "weights truncated", "report edited", "record unreadable", "forgotten"],
+    [
+        "artifact deleted",
+        "weights truncated",
+        "report edited",
+        "stage added",
+        "record unreadable",
+        "forgotten",
+    ],
 )
 def test_anything_missing_or_changed_sends_the_rerun_to_the_flow(tmp_path, damage):
     out = tmp_path / "out"
@@ -91,6 +96,9 @@ def test_anything_missing_or_changed_sends_the_rerun_to_the_flow(tmp_path, damag
         weights.write_bytes(weights.read_bytes()[:20])
     elif damage == "report edited":
         (out / "report" / "report.md").write_text("# another grid's report\n")
+    elif damage == "stage added":
+        (out / "stages" / "compress" / "def").mkdir(parents=True)
+        (out / "stages" / "compress" / "def" / "summary.json").write_text("{}")
     elif damage == "record unreadable":
         (out / complete.RECORD).write_text("{not json")
     else:
