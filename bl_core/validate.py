@@ -335,8 +335,11 @@ def validate_eval(
     cfg: BudgetedLoRAConfig,
     run_icl: bool,
     out: str | None,
+    lm_eval_include: str | None = None,
 ) -> None:
     """``bl eval``'s inputs, before a model is loaded (the tokenizer first, as it loads)."""
+    if lm_eval_include is not None and not Path(lm_eval_include).expanduser().is_dir():
+        raise InputError(f"--lm-eval-include={lm_eval_include!r}: no such directory")
     if ppl_data is not None:
         path = Path(ppl_data).expanduser()
         if not path.is_dir():

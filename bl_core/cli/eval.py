@@ -99,21 +99,6 @@ def _resolve_config(args: argparse.Namespace) -> tuple[BudgetedLoRAConfig, bool]
     return cfg, run_icl
 
 
-def _check_paths(args: argparse.Namespace) -> None:
-    """User-supplied paths, checked before anything loads (the model takes longest)."""
-    for flag, value in (("--ppl-data", args.ppl_data), ("--lm-eval-include", args.lm_eval_include)):
-        if value is not None and not Path(value).is_dir():
-            raise InputError(f"{flag} {value!r} is not a directory")
-    if args.out is None:
-        return
-    out = Path(args.out).resolve()
-    if out.is_dir():
-        raise InputError(f"--out {args.out!r} is a directory; give a file, e.g. eval.json")
-    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocked is not None:
-        raise InputError(f"--out {args.out!r}: {str(blocked)!r} is a file, not a directory")
-
-
 def _resolve_device(name: str | None) -> torch.device:
     import torch
 
@@ -196,8 +181,9 @@ def run(args: argparse.Namespace) -> int:
     cfg, run_icl = _resolve_config(args)
     from bl_core.validate import validate_eval
 
-    validate_eval(args.model_dir, args.ppl_data, args.tokenizer, cfg, run_icl, args.out)
-    _check_paths(args)
+    validate_eval(
+        args.model_dir, args.ppl_data, args.tokenizer, cfg, run_icl, args.out, args.lm_eval_include
+    )
     if run_icl:
         from bl_core.icl import load_task_items
 
