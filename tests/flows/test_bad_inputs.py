@@ -126,7 +126,7 @@ CASES = [
     ("eval", ["@good@", "--ppl-data", "/nonexistent/packed"], "--ppl-data="),
     ("eval", ["@good@", "--icl", "--fv-dir", "/nonexistent"], "icl.data_dir="),
     ("eval", ["@good@", "--icl", "--out", "@empty_dir@"], "--out="),
-    ("eval", ["@good@", "--lm-eval-include", "/nonexistent/tasks"], "--lm-eval-include="),
+    ("eval", ["@good@", "--icl", "--lm-eval-include", "/nonexistent/tasks"], "--lm-eval-include="),
     ("plan", ["--model-config", "@unknown_type@"], "model_type='nosuch-arch'"),
     ("plan", ["--model-config", "@odd_head@"], "head dimension 9"),
     ("plan", ["--model-config", "@indivisible@"], "not divisible"),
