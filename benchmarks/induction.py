@@ -9,7 +9,7 @@ a step, AdamW without warm-up or decay. Every ``--every`` steps it prints the tr
 (a uniform guess is ln 2046 = 7.62 nats) and the accuracy of greedy predictions on the
 second copies of fresh rows. Copying well above 0 means the induction phase change has
 happened. The model is tiny-s of ``bl_core/presets/tiny.yaml`` (Mistral, hidden 96, 4
-layers), built from a config: nothing is downloaded.
+layers, read from the preset), built from a config: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import argparse
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, MistralConfig
+from transformers import AutoModelForCausalLM
 
-VOCAB, SEP, SPAN, SEQ_LEN = 2048, 1, 20, 512
+from bl_core.ladder import arch_to_config
+from bl_core.preset_files import resolve_config
+
+VOCAB, SEP, SPAN, SEQ_LEN = 2048, 1, 20, 512  # the preset's vocabulary and packing
 
 
 def copy_rows(batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -45,16 +48,8 @@ def copy_accuracy(model: torch.nn.Module, generator: torch.Generator) -> float:
 
 def run(lr: float, steps: int, every: int) -> None:
     torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=VOCAB,
-        hidden_size=96,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=264,
-        max_position_embeddings=SEQ_LEN,
-        tie_word_embeddings=False,
-    )
+    tiny_s = resolve_config("tiny")[0].teachers[0].arch  # the preset's smallest rung
+    config = arch_to_config(tiny_s, VOCAB, eos_id=0, pad_id=SEP)
     model = AutoModelForCausalLM.from_config(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     data, held_out = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
