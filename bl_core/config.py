@@ -326,6 +326,9 @@ class PipelineConfig(_Section):
     """How the Prefect grid runs its stages."""
 
     max_workers: int = Field(1, ge=1)
+    # CPU processes a teacher's lockstep cohort is split over, each on cores / lanes torch
+    # threads (tasks/lanes.py); 1: the cohort in the grid's process. Ignored on a GPU.
+    cohort_lanes: int = Field(1, ge=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(30.0, ge=0)
     seeds: tuple[int, ...] = (0,)

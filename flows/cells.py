@@ -348,7 +348,8 @@ def _run_cohort(
         for cell_ctx, spec in cells
     ]
     try:  # not cached by Prefect: it skips finished cells by their artifacts
-        cohort_task(ctx.output_dir, teacher, members, ctx.train_data, ctx.tokenizer)
+        lanes = ctx.cfg.pipeline.cohort_lanes
+        cohort_task(ctx.output_dir, teacher, members, ctx.train_data, ctx.tokenizer, lanes)
     except Exception as err:  # noqa: BLE001 - the cells then train on their own
         get_run_logger().warning("distill-cohort of %s failed (%r)", teacher["name"], err)
 

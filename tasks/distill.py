@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -27,6 +28,8 @@ from bl_core.student import load_pretrained
 from bl_core.teacher_outputs import StoredTeacher
 from bl_core.training import train
 from tasks.common import model_fingerprint, record_execution, stage_dir
+from tasks.lanes import run_lanes
+from tasks.progress import grid_logger
 from tasks.store import store_lock
 from tasks.tracking import tracking_logger
 
@@ -182,11 +185,12 @@ def cohort_task(
     cells: list[dict[str, Any]],
     train_data: dict[str, Any],
     tokenizer: dict[str, Any],
+    lanes: int = 1,
 ) -> dict[str, Any]:
     """:func:`train_cohort` under a lock on the store: a second worker waits for the
     first's cohort, then finds its cells finished (issue 17)."""
     with store_lock(output_dir, f"distill-cohort-{teacher['name']}"):
-        return train_cohort(output_dir, teacher, cells, train_data, tokenizer)
+        return train_cohort(output_dir, teacher, cells, train_data, tokenizer, lanes)
 
 
 def train_cohort(
@@ -195,12 +199,14 @@ def train_cohort(
     cells: list[dict[str, Any]],
     train_data: dict[str, Any],
     tokenizer: dict[str, Any],
+    lanes: int = 1,
 ) -> dict[str, Any]:
     """Train the unfinished cells of one teacher in lockstep on one teacher forward per
     batch. ``cells``: ``{"label", "method", "final_fraction", "seed", "sections",
     "student", "mlflow_run_id"}`` each (the arguments of their ``distill`` tasks). Returns
     ``{"cells": {label: "ok" | error}, "forwards", "requests"}``; a cell that failed here
-    is left to its own ``distill`` task."""
+    is left to its own ``distill`` task. ``lanes`` > 1 on CPU: the cells split over that
+    many processes (tasks/lanes.py)."""
     planned = []
     for cell in cells:
         sections, cfg = cell_config(
@@ -215,7 +221,8 @@ def train_cohort(
     if not todo:
         return {"cells": status, "forwards": 0, "requests": 0}
     record_execution(output_dir, "distill-cohort", teacher["name"])
-    if todo[0][1].train.num_processes > 1:
+    multi = todo[0][1].train.num_processes > 1
+    if multi or (lanes > 1 and len(todo) > 1 and not torch.cuda.is_available()):
         members = [
             {
                 "label": cell["label"],
@@ -223,6 +230,7 @@ def train_cohort(
                 "sections": cfg.model_dump(mode="json"),
                 "run_dir": str(run_dir),
                 "student_dir": cell["student"]["model_dir"],
+                "mlflow_run_id": cell.get("mlflow_run_id"),
             }
             for cell, cfg, run_dir in todo
         ]
@@ -232,7 +240,10 @@ def train_cohort(
             "train_dir": train_data["packed_dir"],
             "vocab_size": tokenizer["vocab_size"],
         }
-        result = launch(spec, todo[0][1].train.num_processes)
+        if multi:
+            result = launch(spec, todo[0][1].train.num_processes)
+        else:
+            result = run_lanes(spec, lanes, todo[0][2].parent, grid_logger())
         return {**result, "cells": status | result["cells"]}
     from bl_core.cohort import CohortMember, train_cohort
 
