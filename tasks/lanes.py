@@ -53,6 +53,7 @@ def run_lanes(
     groups = split_lanes(spec["cohort"], lanes)
     threads = max(1, _cores() // len(groups))
     procs: list[tuple[list[dict[str, Any]], subprocess.Popen, deque, Path, Path]] = []
+    relays: list[threading.Thread] = []
     try:
         for i, group in enumerate(groups):
             spec_path = work_dir / f"cohort-lane{i}-{os.getpid()}.json"
@@ -70,7 +71,8 @@ def run_lanes(
                 start_new_session=True,  # Ctrl-C reaches the parent only; it forwards one
             )
             tail: deque = deque(maxlen=40)
-            threading.Thread(target=_relay, args=(proc, tail, log), daemon=True).start()
+            relays.append(threading.Thread(target=_relay, args=(proc, tail, log), daemon=True))
+            relays[-1].start()
             procs.append((group, proc, tail, spec_path, result_path))
         forwarded = False
         while any(p.poll() is None for _, p, *_ in procs):
@@ -85,6 +87,8 @@ def run_lanes(
             if p.poll() is None:
                 p.kill()
         raise
+    for relay in relays:  # the last lines (an error's traceback) read to the end
+        relay.join(timeout=10)
     result: dict[str, Any] = {"cells": {}, "forwards": 0, "requests": 0}
     for group, proc, tail, spec_path, result_path in procs:
         spec_path.unlink(missing_ok=True)
