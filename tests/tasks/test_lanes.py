@@ -4,11 +4,11 @@ only its own cells, with its error; a stop request leaves no finished-looking ru
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_mistral, make_tokenizer
 from safetensors.torch import load_file
 
 from bl_core import interrupt
@@ -18,6 +18,15 @@ from bl_core.packing import pack_documents
 from bl_core.student import build_student
 from tasks.distill import train_cohort, training_sections
 from tasks.lanes import split_lanes
+
+# tests/conftest.py's helpers (a plain `from conftest import` finds tests/flows/conftest.py
+# when the whole suite is collected).
+_spec = importlib.util.spec_from_file_location(
+    "_root_conftest", Path(__file__).parents[1] / "conftest.py"
+)
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+make_mistral, make_tokenizer = _helpers.make_mistral, _helpers.make_tokenizer
 
 SEQ = 32
 CELLS = [("kd_full", None), ("kd_lora", None), ("budgeted", 0.0), ("budgeted", 0.4)]
