@@ -29,7 +29,7 @@ from bl_core.teacher_outputs import StoredTeacher
 from bl_core.training import train
 from tasks.common import model_fingerprint, record_execution, stage_dir
 from tasks.lanes import run_lanes
-from tasks.progress import grid_logger
+from tasks.progress import stage_logger
 from tasks.store import store_lock
 from tasks.tracking import tracking_logger
 
@@ -243,7 +243,7 @@ def train_cohort(
         if multi:
             result = launch(spec, todo[0][1].train.num_processes)
         else:
-            result = run_lanes(spec, lanes, todo[0][2].parent, grid_logger())
+            result = run_lanes(spec, lanes, todo[0][2].parent, stage_logger())
         return {**result, "cells": status | result["cells"]}
     from bl_core.cohort import CohortMember, train_cohort
 

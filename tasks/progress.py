@@ -58,6 +58,20 @@ def stage_label(stage: str, run_name: str) -> str:
     return f"{label} {_STAGE_VERBS.get(stage, stage)}"
 
 
+def stage_logger(api_only: bool = False) -> logging.LoggerAdapter | logging.Logger:
+    """The running stage's log, shown on the grid's flow run (and printed, unless
+    ``api_only``); outside a Prefect task, a plain logger. Lines a cohort's CPU lanes
+    print are relayed here, printed too: a lane shows no progress bar."""
+    if TaskRunContext.get() is None:
+        return logging.getLogger("tasks.progress")
+    run_logger = get_run_logger()
+    extra = dict(getattr(run_logger, "extra", {}) or {})
+    if _GRID_FLOW_RUN_ID:
+        extra["flow_run_id"] = _GRID_FLOW_RUN_ID
+    name = _API_ONLY_LOGGER if api_only else "prefect.task_runs"
+    return PrefectLogAdapter(logging.getLogger(name), extra)
+
+
 class ProgressLogger:
     """Progress lines of one training stage (see the module docstring)."""
 
@@ -75,12 +89,7 @@ class ProgressLogger:
         if ctx is None:
             return cls(label or "training", logging.getLogger("tasks.progress"))
         label = label or stage_label(ctx.task.name, ctx.task_run.name)
-        run_logger = get_run_logger()
-        extra = dict(getattr(run_logger, "extra", {}) or {})
-        if _GRID_FLOW_RUN_ID:
-            extra["flow_run_id"] = _GRID_FLOW_RUN_ID
-        name = _API_ONLY_LOGGER if sys.stderr.isatty() else "prefect.task_runs"
-        return cls(label, PrefectLogAdapter(logging.getLogger(name), extra))
+        return cls(label, stage_logger(api_only=sys.stderr.isatty()))
 
     def log_params(self, params: dict[str, Any]) -> None:
         if "total_steps" in params:
