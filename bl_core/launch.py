@@ -16,11 +16,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bl_core.config import config_from_dict
 from bl_core.io import atomic_write_json
+from bl_core.tracking import MetricsLogger
 
 SPEC_NAME = "launch_spec.json"
 
@@ -35,7 +37,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     from bl_core.training import train
 
     if "cohort" in spec:
-        return _run_cohort(spec)
+        return run_cohort(spec)
     cfg = config_from_dict(spec["sections"])
     if spec["method"] == "pretrain":
         student = scratch_student(spec["student_dir"], cfg.train.seed)
@@ -57,7 +59,14 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _run_cohort(spec: dict[str, Any]) -> dict[str, Any]:
+def run_cohort(
+    spec: dict[str, Any],
+    logger_for: Callable[[dict[str, Any]], MetricsLogger] | None = None,
+    on_step: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Train a cohort spec's members in lockstep; the main process writes
+    ``{"cells": {label: "ok" | error}, "forwards", "requests"}`` to ``result_path``.
+    ``logger_for(member)``: each member's logger (a CPU lane's, tasks/lanes.py)."""
     from accelerate import PartialState
 
     from bl_core.cohort import CohortMember, train_cohort
@@ -71,6 +80,7 @@ def _run_cohort(spec: dict[str, Any]) -> dict[str, Any]:
             m["method"],
             config_from_dict(m["sections"]),
             Path(m["run_dir"]),
+            logger_for(m) if logger_for else None,
         )
         for m in spec["cohort"]
     ]
@@ -79,6 +89,7 @@ def _run_cohort(spec: dict[str, Any]) -> dict[str, Any]:
         load_pretrained(spec["teacher_dir"]),
         PackedDataset(spec["train_dir"]),
         vocab_size=spec["vocab_size"],
+        on_step=on_step,
     )
     status = {
         label: "ok" if isinstance(r, dict) else f"{type(r).__name__}: {r}"

@@ -28,6 +28,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bl_core import interrupt
 from bl_core.io import atomic_write_json
 
@@ -51,7 +53,7 @@ def run_lanes(
     | error}, "forwards", "requests"}`` summed over the lanes. ``log``: where progress
     lines go (the stage's run logger)."""
     groups = split_lanes(spec["cohort"], lanes)
-    threads = max(1, _cores() // len(groups))
+    threads = max(1, torch.get_num_threads() // len(groups))
     procs: list[tuple[list[dict[str, Any]], subprocess.Popen, deque, Path, Path]] = []
     relays: list[threading.Thread] = []
     try:
@@ -105,12 +107,6 @@ def run_lanes(
     return result
 
 
-def _cores() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def _relay(proc: subprocess.Popen, tail: deque, log: Any) -> None:
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.startswith(_PROGRESS):
@@ -132,15 +128,10 @@ class _LaneProgress:
 
 def lane_main(spec_path: str) -> int:
     """One lane: its cells in lockstep on ``threads`` torch threads (run in a subprocess)."""
-    import torch
-
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     from bl_core.allocator import tune_cpu_allocator
-    from bl_core.cohort import CohortMember, train_cohort
-    from bl_core.config import config_from_dict
-    from bl_core.packing import PackedDataset
-    from bl_core.student import load_pretrained
+    from bl_core.launch import run_cohort
     from bl_core.tracking import FanoutLogger
     from tasks.progress import ProgressLogger
     from tasks.tracking import MLflowLogger
@@ -159,32 +150,10 @@ def lane_main(spec_path: str) -> int:
         if os.getppid() != parent:  # the pipeline died: stop at this step, checkpointed
             interrupt.request_stop(signal.SIGTERM)
 
-    members = [
-        CohortMember(
-            m["label"],
-            load_pretrained(m["student_dir"]),
-            m["method"],
-            config_from_dict(m["sections"]),
-            Path(m["run_dir"]),
-            logger(m),
-        )
-        for m in spec["cohort"]
-    ]
     try:
-        results, counts = train_cohort(
-            members,
-            load_pretrained(spec["teacher_dir"]),
-            PackedDataset(spec["train_dir"]),
-            vocab_size=spec["vocab_size"],
-            on_step=orphaned,
-        )
+        run_cohort(spec, logger_for=logger, on_step=orphaned)
     except interrupt.Interrupted:
         return 128 + signal.SIGINT
-    cells = {
-        label: "ok" if isinstance(r, dict) else f"{type(r).__name__}: {r}"
-        for label, r in results.items()
-    }
-    atomic_write_json(Path(spec["result_path"]), {"cells": cells, **counts})
     return 0
 
 
