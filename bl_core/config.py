@@ -252,6 +252,10 @@ class ModelArchConfig(_Section):
     num_kv_heads: int = Field(2, ge=1)
     intermediate_size: int = Field(384, ge=1)
     max_position_embeddings: int = Field(1024, ge=2)
+    # The LM head is the input embedding (as in SmolLM, Qwen2.5-0.5B, Llama-3.2-1B). A tiny
+    # model then needs no per-token embedding/unembedding alignment to copy a token, which
+    # brings its induction phase change within the embedded ladder's budget (DESIGN §1a).
+    tie_word_embeddings: bool = False
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelArchConfig:

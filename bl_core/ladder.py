@@ -32,7 +32,7 @@ def arch_to_config(arch: ModelArchConfig, vocab_size: int, eos_id: int, pad_id: 
         num_key_value_heads=arch.num_kv_heads,
         max_position_embeddings=arch.max_position_embeddings,
         sliding_window=None,
-        tie_word_embeddings=False,
+        tie_word_embeddings=arch.tie_word_embeddings,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,

@@ -143,7 +143,7 @@ def _arch_numbers(teacher: TeacherConfig, config: dict[str, Any] | None, vocab: 
             "kv_heads": a.num_kv_heads,
             "ffn": a.intermediate_size,
             "vocab": vocab,
-            "tied": False,
+            "tied": a.tie_word_embeddings,
             "max_positions": a.max_position_embeddings,
         }
     c = config or {}
