@@ -33,6 +33,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,32 +55,40 @@ UNCACHED_INPUTS = ("mlflow_run_id", "label", "output_dir")
 OUTPUT_ROOT = "@output_dir"  # how a path under the output directory is stored and keyed
 
 
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` with ``fn`` applied to every string in its nested dicts/lists/tuples."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_map_strings(v, fn) for v in value)
+    return value
+
+
 def relativize(value: Any, output_dir: str | Path) -> Any:
     """``/data/outputs/micro/stages/x`` -> ``@output_dir/stages/x`` in any nested
     dict/list/tuple of strings (other values unchanged)."""
     root = str(Path(output_dir).resolve())
-    if isinstance(value, str):
-        if value == root or value.startswith(root + os.sep):
-            return OUTPUT_ROOT + value[len(root) :]
-        return value
-    if isinstance(value, dict):
-        return {k: relativize(v, root) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(relativize(v, root) for v in value)
-    return value
+
+    def relative(path: str) -> str:
+        if path == root or path.startswith(root + os.sep):
+            return OUTPUT_ROOT + path[len(root) :]
+        return path
+
+    return _map_strings(value, relative)
 
 
 def absolutize(value: Any, output_dir: str | Path) -> Any:
     """The inverse of :func:`relativize` for this process's output directory."""
-    if isinstance(value, str):
-        if value == OUTPUT_ROOT or value.startswith(OUTPUT_ROOT + "/"):
-            return str(Path(output_dir).resolve()) + value[len(OUTPUT_ROOT) :]
-        return value
-    if isinstance(value, dict):
-        return {k: absolutize(v, output_dir) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(absolutize(v, output_dir) for v in value)
-    return value
+    root = str(Path(output_dir).resolve())
+
+    def absolute(path: str) -> str:
+        if path == OUTPUT_ROOT or path.startswith(OUTPUT_ROOT + "/"):
+            return root + path[len(OUTPUT_ROOT) :]
+        return path
+
+    return _map_strings(value, absolute)
 
 
 @dataclass

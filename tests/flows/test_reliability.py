@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from subprocess_env import user_env
 
 from tasks.common import read_executions
 
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.slow
 GRID = [
     "--config",
     "micro",
+    "--teachers",
+    "micro-s",  # one rung: every behaviour here is per stage, and it halves the test's time
     "--methods",
     "kd_lora",
     "budgeted",
@@ -44,13 +47,6 @@ GRID = [
 UMASK = 0o002  # not the default 022: artifacts must follow it (item 8)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    for name in ("PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)  # each worker: its own server and home, as a user runs it
-    return env
-
-
 def _start(out: Path, *extra: str, log: str = "grid") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "flows.cli", "grid", "--out", str(out), *GRID, *extra]
     handle = open(out.parent / f"{out.name}-{log}.log", "w")  # noqa: SIM115
@@ -58,7 +54,7 @@ def _start(out: Path, *extra: str, log: str = "grid") -> subprocess.Popen:
         cmd,
         stdout=handle,
         stderr=subprocess.STDOUT,
-        env=_env(),
+        env=user_env(),
         start_new_session=True,  # as a terminal's job: its own process group
         preexec_fn=lambda: os.umask(UMASK),
     )

@@ -9,13 +9,13 @@ against the session's Prefect server."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from subprocess_env import user_env
 
 from tasks.common import read_executions
 
@@ -45,9 +45,7 @@ def grid_command(store: Path, fv_dir: Path, *extra: str) -> list[str]:
 
 
 def run_bl(code: Path, command: list[str], api_url: str | None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME"):
-        env.pop(name, None)
+    env = user_env(PYTHONPATH=str(code), OMP_NUM_THREADS="1")
     if api_url:
         env["PREFECT_API_URL"] = api_url
     done = subprocess.run(command, cwd=code, env=env, capture_output=True, text=True, timeout=900)

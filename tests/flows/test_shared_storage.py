@@ -4,11 +4,11 @@ and artifacts all live in the shared directory, not in a worker's Prefect databa
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
+from subprocess_env import user_env
 
 from tasks.common import read_executions
 
@@ -16,9 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def _worker(shared, home) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.pop("PREFECT_API_URL", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = user_env(PREFECT_HOME=str(home))
     cmd = [
         sys.executable,
         "-m",
@@ -28,6 +26,8 @@ def _worker(shared, home) -> subprocess.CompletedProcess:
         "micro",
         "--out",
         str(shared),
+        "--teachers",
+        "micro-s",
         "--methods",
         "kd_lora",
         "budgeted",
