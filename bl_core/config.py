@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from bl_core.errors import ConfigError
 from bl_core.io import atomic_write_text
@@ -254,8 +262,18 @@ class ModelArchConfig(_Section):
     max_position_embeddings: int = Field(1024, ge=2)
     # The LM head is the input embedding (as in SmolLM, Qwen2.5-0.5B, Llama-3.2-1B). A tiny
     # model then needs no per-token embedding/unembedding alignment to copy a token, which
-    # brings its induction phase change within the embedded ladder's budget (DESIGN §1a).
+    # brings its induction phase change within the embedded ladder's budget; the tiny preset
+    # still keeps it off (docs/RESULTS.md §2).
     tie_word_embeddings: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_untied(self, handler: Any) -> dict[str, Any]:
+        # Added after grids were stored: written only when set, so an untied rung dumps (and
+        # keys its stages) exactly as before the field existed, and its stores stay valid.
+        data = handler(self)
+        if not self.tie_word_embeddings:
+            data.pop("tie_word_embeddings", None)
+        return data
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelArchConfig:

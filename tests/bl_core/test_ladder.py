@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bl_core.config import apply_overrides
+from bl_core.config import apply_overrides, config_from_dict
 from bl_core.data import prepare_data
 from bl_core.ladder import prepare_teacher, rung_num_params, warm_started_student
 from bl_core.preset_files import resolve_config
@@ -52,6 +52,19 @@ def test_parameter_counts_see_the_tie():
     # the torch-free count used to pick the smallest rung agrees with the meta-device model
     assert _num_params(_arch_numbers(teacher, None, vocab)) == tied_count
     assert _num_params(_arch_numbers(untied, None, vocab)) == untied_count
+
+
+def test_an_untied_rung_dumps_and_keys_as_before_the_field_existed():
+    """Stage keys hash the dumped teacher: an untied rung's dump has no new field, so a
+    store made before ``tie_word_embeddings`` existed is found again."""
+    cfg = _tied_micro()
+    tied = cfg.model_dump(mode="json")["teachers"][0]["arch"]
+    assert tied["tie_word_embeddings"] is True
+    untied_cfg, _ = resolve_config("micro")
+    dumped = untied_cfg.model_dump(mode="json")
+    assert all("tie_word_embeddings" not in t["arch"] for t in dumped["teachers"])
+    assert config_from_dict(dumped) == untied_cfg  # and it reads back to the same config
+    assert config_from_dict(cfg.model_dump(mode="json")) == cfg
 
 
 @pytest.mark.slow
