@@ -214,18 +214,20 @@ def num_available(name: str) -> int | None:
     return None
 
 
-def _list_items(name: str, num_items: int, rng: random.Random) -> list[ProbeItem]:
-    """Distinct random lists; a word is the answer again only once every eval word could
-    have been (the k-th repeat after ``(k - 1) * len(EVAL_WORDS)`` items), within a
+def _list_items(
+    name: str, num_items: int, rng: random.Random, vocabulary: Sequence[str]
+) -> list[ProbeItem]:
+    """Distinct random lists; a word is the answer again only once every word could
+    have been (the k-th repeat after ``(k - 1) * len(vocabulary)`` items), within a
     bounded number of draws, so no answer is much more frequent than another."""
     size, pick = _LIST_RULES[name]
     items: list[ProbeItem] = []
     seen: set[str] = set()
     answered: dict[str, int] = {}
     while len(items) < num_items:
-        allowed = 1 + len(items) // len(EVAL_WORDS)
+        allowed = 1 + len(items) // len(vocabulary)
         for _ in range(200):
-            words = rng.sample(EVAL_WORDS, size)
+            words = rng.sample(vocabulary, size)
             text, answer = ", ".join(words), pick(words)
             # distinct inputs, so a demonstration never equals the query
             if text not in seen and answered.get(answer, 0) < allowed:
@@ -271,9 +273,15 @@ def _answer_balanced(pool: Sequence[ProbeItem], rng: random.Random) -> list[Prob
     return order
 
 
-def generate_task(name: str, num_items: int, seed: int = 0) -> list[ProbeItem]:
+def generate_task(
+    name: str, num_items: int, seed: int = 0, words: Sequence[str] | None = None
+) -> list[ProbeItem]:
     """``num_items`` distinct items of task ``name``, the same for the same ``seed`` (and
     a prefix of the items for a larger ``num_items``).
+
+    ``words``: the word and list tasks' vocabulary (default :data:`EVAL_WORDS`; another
+    list is for diagnostics, e.g. the training episodes' words, to tell a rule the model
+    does not read from words it has not seen).
 
     Finite tasks (word and sequence tasks) hold :func:`num_available` items, taken
     round-robin over their answers (:func:`_answer_balanced`); asking for more raises
@@ -285,10 +293,11 @@ def generate_task(name: str, num_items: int, seed: int = 0) -> list[ProbeItem]:
     # A str seed is hashed with sha512 by `random`, so this is stable across
     # processes and platforms (unlike hash(), which PYTHONHASHSEED salts).
     rng = random.Random(f"bl-probes:{name}:{seed}")
+    vocabulary = EVAL_WORDS if words is None else tuple(words)
     if name in _LIST_RULES:
-        return _list_items(name, num_items, rng)
+        return _list_items(name, num_items, rng, vocabulary)
     if name in _WORD_RULES:
-        pool = [_WORD_RULES[name](w) for w in EVAL_WORDS]
+        pool = [_WORD_RULES[name](w) for w in vocabulary]
     else:
         pool = _step_pairs(1 if name == "next_item" else -1)
     if num_items > len(pool):

@@ -115,6 +115,24 @@ def test_generation_is_deterministic_and_prefix_stable(task: str) -> None:
     assert generate_task(task, 30, seed=1)[:20] == generate_task(task, 20, seed=1)
 
 
+_PICKS = {
+    "choose_middle_of_5": lambda ws: ws[2],
+    "alphabetically_last_3": max,
+    "capitalize": lambda ws: ws[0].title(),
+}
+
+
+@pytest.mark.parametrize("task", sorted(_PICKS))
+def test_another_vocabulary_gives_items_of_those_words_only(task: str) -> None:
+    words = ("kestrel", "gneiss", "tabard", "sitar", "whimper", "atoll", "perch", "mica")
+    items = generate_task(task, 8, seed=0, words=words)
+    assert len({item.input for item in items}) == 8
+    for item in items:
+        listed = item.input.split(", ")
+        assert set(listed) <= set(words) and item.output == _PICKS[task](listed), item
+    assert generate_task(task, 8, seed=0) == generate_task(task, 8, seed=0, words=EVAL_WORDS)
+
+
 def test_sequence_tasks_drop_inputs_with_two_answers() -> None:
     pairs = dict(generate_task("next_item", num_available("next_item")))
     assert pairs["sunday"] == "monday" and pairs["December"] == "January"
