@@ -2,7 +2,9 @@
 embedded teacher of a preset on its own, then run the 19 probes twice, on the held-out
 words and on the training episodes' words. The same score on both means the failure is
 not generalisation to unseen words (or their tokenisation) but that no rule is read off
-the demonstrations::
+the demonstrations. It also prints the in-context learning curve: answers fully right under
+teacher forcing, by block index, on fresh training episodes (flat: nothing is learnt in
+context)::
 
     python benchmarks/teacher_icl.py --teacher tiny-s --pretrain-tokens 900000
     python benchmarks/teacher_icl.py --teacher tiny-s --tie --set corpus.synthetic_icl_fraction=0.9
@@ -31,7 +33,7 @@ from bl_core.packing import load_packed
 from bl_core.perplexity import perplexity
 from bl_core.preset_files import load_with_overrides
 from bl_core.probes import generate_task, num_available
-from bl_core.synthetic_icl import load_train_words
+from bl_core.synthetic_icl import load_train_words, seeded_episode
 from bl_core.tokenizer import load_tokenizer
 
 
@@ -46,6 +48,35 @@ def train_word_items(cfg) -> dict:
             n = wanted if num_available(task) is None else min(wanted, len(words))
         items[task] = generate_task(task, n, words=words)
     return items
+
+
+def learning_curve(model, tokenizer, seed: int, episodes: int = 200, blocks: int = 9) -> list:
+    """Share of answers fully right under teacher forcing, by block index (the last entry
+    pools the later blocks), on fresh training episodes (another stream seed). A model that
+    learns in context rises from the first block on; a flat curve means it does not."""
+    right, total = [0] * blocks, [0] * blocks
+    for index in range(episodes):
+        ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        answers = []
+        for b, block in enumerate(seeded_episode(seed, index).split("\n\n")):
+            cut = block.index("\nA:") + 3
+            ids += tokenizer(("\n\n" if b else "") + block[:cut], add_special_tokens=False)[
+                "input_ids"
+            ]
+            answer = tokenizer(block[cut:], add_special_tokens=False)["input_ids"]
+            answers.append((len(ids), len(ids) + len(answer)))
+            ids += answer
+        limit = model.config.max_position_embeddings
+        x = torch.tensor([ids[:limit]])
+        with torch.no_grad():
+            pred = model(x).logits.argmax(-1)[0]
+        for b, (start, end) in enumerate(answers):
+            if end > x.shape[1]:
+                break
+            k = min(b, blocks - 1)
+            right[k] += bool((pred[start - 1 : end - 1] == x[0, start:end]).all())
+            total[k] += 1
+    return [r / t if t else None for r, t in zip(right, total)]
 
 
 def main() -> None:
@@ -97,11 +128,15 @@ def main() -> None:
         )
     composites = [suites[s]["composite"]["mean"] for s in suites]
     print(f"{'composite':26s} {composites[0]:15.1%} {composites[1]:15.1%}")
+    curve = learning_curve(model, tokenizer, seed=cfg.corpus.synthetic_icl_seed + 7)
+    shown = " ".join("-" if c is None else f"{c:.2f}" for c in curve)
+    print(f"answers fully right on fresh training episodes, by block 1..9+: {shown}")
     result = {
         "teacher": teacher.model_dump(mode="json"),
         "overrides": args.set,
         "perplexity": ppl["perplexity"],
         "suites": suites,
+        "learning_curve": curve,
     }
     atomic_write_text(args.out / f"icl-{teacher.name}.json", json.dumps(result, indent=1))
 
