@@ -221,6 +221,8 @@ def _list_items(
     have been (the k-th repeat after ``(k - 1) * len(vocabulary)`` items), within a
     bounded number of draws, so no answer is much more frequent than another."""
     size, pick = _LIST_RULES[name]
+    if len(set(vocabulary)) < size:
+        raise ConfigError(f"task {name!r} lists {size} distinct words; got {len(set(vocabulary))}")
     items: list[ProbeItem] = []
     seen: set[str] = set()
     answered: dict[str, int] = {}
@@ -280,8 +282,8 @@ def generate_task(
     a prefix of the items for a larger ``num_items``).
 
     ``words``: the word and list tasks' vocabulary (default :data:`EVAL_WORDS`; another
-    list is for diagnostics, e.g. the training episodes' words, to tell a rule the model
-    does not read from words it has not seen).
+    list is for diagnostics, e.g. the training episodes' words: a model that fails on those
+    too cannot read the rule, rather than not knowing the words).
 
     Finite tasks (word and sequence tasks) hold :func:`num_available` items, taken
     round-robin over their answers (:func:`_answer_balanced`); asking for more raises

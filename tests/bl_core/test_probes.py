@@ -133,6 +133,11 @@ def test_another_vocabulary_gives_items_of_those_words_only(task: str) -> None:
     assert generate_task(task, 8, seed=0) == generate_task(task, 8, seed=0, words=EVAL_WORDS)
 
 
+def test_a_vocabulary_too_small_for_the_lists_is_named() -> None:
+    with pytest.raises(ConfigError, match="lists 5 distinct words; got 2"):
+        generate_task("choose_first_of_5", 3, words=("kestrel", "gneiss", "kestrel"))
+
+
 def test_sequence_tasks_drop_inputs_with_two_answers() -> None:
     pairs = dict(generate_task("next_item", num_available("next_item")))
     assert pairs["sunday"] == "monday" and pairs["December"] == "January"
