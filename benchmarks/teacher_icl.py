@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from bl_core.data import prepare_data
-from bl_core.icl import load_task_items, run_icl_suite
+from bl_core.icl import run_icl_suite
 from bl_core.io import atomic_write_text
 from bl_core.ladder import load_teacher, prepare_teacher, teacher_by_name
 from bl_core.packing import load_packed
 from bl_core.perplexity import perplexity
 from bl_core.preset_files import load_with_overrides
-from bl_core.probes import generate_task, num_available
+from bl_core.probes import check_tasks, generate_task, num_available
 from bl_core.synthetic_icl import load_train_words, seeded_episode
 from bl_core.tokenizer import load_tokenizer
 
@@ -41,7 +41,7 @@ def train_word_items(cfg) -> dict:
     """The suite's items with the training episodes' words in place of the held-out ones."""
     words, wanted = load_train_words(), cfg.items_per_task + cfg.num_shots
     items = {}
-    for task in load_task_items(cfg):
+    for task in check_tasks(cfg.tasks):  # names only: no items generated twice
         if task in ("next_item", "prev_item"):  # number/day/month sequences: no words
             n = min(wanted, num_available(task))
         else:
