@@ -120,8 +120,11 @@ def test_editing_an_icl_data_file_reruns_exactly_the_icl_evaluations(tmp_path, b
 
 def test_a_store_copied_elsewhere_is_served_from_cache_by_another_worker(tmp_path, baseline):
     """The copy stands for a shared volume mounted at another path on another worker (its
-    own temporary Prefect server and database): every stage comes from the copy's cache,
-    and nothing reads the original (it is moved away during the run)."""
+    own temporary Prefect server and database, not the session's that ran the baseline):
+    every stage comes from the copy's cache, the report included, and nothing reads the
+    original (it is moved away during the run). Covers workers sharing one store at the
+    same path too: the cache keys, results and artifacts live in the store, not in a
+    worker's Prefect database."""
     code, fv_dir, store = baseline
     copy = shutil.copytree(store, tmp_path / "mounted" / "elsewhere")
     hidden = store.with_name("hidden")
@@ -139,6 +142,7 @@ def test_a_store_copied_elsewhere_is_served_from_cache_by_another_worker(tmp_pat
         hidden.rename(store)
     assert read_executions(copy)[before:] == []
     assert " from cache, 0 ran " in done.stdout
+    assert "Budgeted F=0.0" in done.stdout  # and it still reports the whole grid
 
 
 def test_an_unchanged_rerun_is_answered_without_starting_prefect(tmp_path, baseline):
