@@ -197,8 +197,14 @@ def _pareto_legend(
 
 def _icl_references(results: pd.DataFrame, teachers: list[str]) -> list[tuple[str, float, dict]]:
     """(label, composite, line style): the untrained warm start dashed black; every teacher
-    dotted in its bars' colour (the paper's Figure 2 lines)."""
+    dotted in its bars' colour (the paper's Figure 2 lines); the trivial baseline (what
+    answering without in-context inference scores, bl_core.icl) dash-dotted grey."""
     lines = []
+    baselines = results["ICL baseline"].dropna() if "ICL baseline" in results else []
+    if len(baselines):  # the same queries for every model: one value
+        value = float(baselines.iloc[0])
+        label = f"trivial baseline (no ICL): {100 * value:.1f}%"
+        lines.append((label, value, {"color": "0.5", "linestyle": "-."}))
     rows = results[(results["method"] == "init") & results["ICL composite"].notna()]
     if len(rows):
         value = float(rows.iloc[0]["ICL composite"])
@@ -226,7 +232,8 @@ def _bar_notes(ax: Axes, positions: np.ndarray, values: np.ndarray, top: float) 
 def plot_icl_composite(results: pd.DataFrame, teachers: Sequence[str] | None = None) -> Figure:
     """Grouped bars: one group per method/budget, one bar per teacher; error bars = std over
     demonstration seeds, clipped at 0 (accuracy cannot be negative); "0" and "n/a" written
-    where no bar shows; reference lines for the warm start and every teacher."""
+    where no bar shows; reference lines for the warm start, every teacher and the trivial
+    baseline (on the scale: bars far under it show no in-context learning)."""
     students = results[~results["method"].isin(("teacher", "init"))]
     teachers = _ladder(results["teacher"], teachers)
     mean = students.pivot(index="label", columns="teacher", values="ICL composite")

@@ -62,7 +62,7 @@ _SOURCES = {
 }  # fmt: skip
 RESULT_COLUMNS = (
     "teacher", "method", "label", "final_fraction", "ppl", *_SOURCES,
-    "ICL composite", "ICL composite std",
+    "ICL composite", "ICL composite std", "ICL baseline",
 )  # fmt: skip
 TABLE2_EFFICIENCY = (
     "Train compute", "Train tokens/s (measured)", "Infer speedup (MAC)",
@@ -179,6 +179,7 @@ def _row(cell: Cell, teacher: str, num_modules: float) -> dict[str, Any]:
     out |= {column: _stat(_section(cell, s), key) for column, (s, key) in _SOURCES.items()}
     composite = _section(cell, "icl").get("composite")
     out |= {"ICL composite": _stat(composite, "mean"), "ICL composite std": _stat(composite, "std")}
+    out["ICL baseline"] = _stat(composite, "baseline")  # the trivial baseline's composite
     defaults: dict[str, float] = {}
     if method == "kd_full":
         defaults["Train compute"] = 1.0

@@ -169,3 +169,24 @@ def make_tokenizer(vocab_size: int = 300):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tokenizer()
+
+
+# The files that take longest (CI durations, 2026-12-04: their tests' seconds in one
+# process), scheduled first: under xdist's `--dist loadfile` (pyproject addopts) each file
+# runs whole on one worker, so a long file collected last would leave the other worker idle
+# at the end. The rest keep their collection order.
+_LONGEST_FILES = (
+    "tests/flows/test_reruns.py",  # ~250 s
+    "tests/flows/test_reliability.py",  # ~150 s
+    "tests/flows/test_grid.py",  # ~130 s
+    "tests/bl_core/test_launch.py",  # ~55 s
+    "tests/flows/test_ablations.py",  # ~50 s
+    "tests/tasks/test_lanes.py",  # ~25 s
+    "tests/flows/test_scaling.py",  # ~22 s
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first; a stable sort keeps every file's own test order."""
+    rank = {name: i for i, name in enumerate(_LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))

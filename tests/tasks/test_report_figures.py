@@ -29,7 +29,8 @@ TEACHERS = ["tiny-s", "tiny-m", "tiny-l"]
 
 
 def _icl(mean: float | None, std: float = 0.02) -> dict[str, Any] | None:
-    return None if mean is None else {"composite": {"mean": mean, "std": std}, "tasks": {}}
+    composite = {"mean": mean, "std": std, "baseline": 0.172}
+    return None if mean is None else {"composite": composite, "tasks": {}}
 
 
 def _cells() -> list[dict[str, Any]]:
@@ -138,6 +139,16 @@ def test_icl_has_every_teachers_reference_and_an_honest_title(results: pd.DataFr
     title = figure.axes[0].get_title()
     assert "accuracy" in title and "retention" not in title
     assert min(figure.axes[0].get_ylim()) == 0.0
+
+
+def test_icl_shows_the_trivial_baseline_on_the_scale(results: pd.DataFrame) -> None:
+    """Bars far under the no-ICL baseline must look it: the line is drawn and on the axis."""
+    ax = plot_icl_composite(results, TEACHERS).axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "trivial baseline (no ICL): 17.2%" in legend
+    levels = [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "-."]
+    assert levels == [pytest.approx(0.172)] and max(ax.get_ylim()) > 0.172
+    assert results["ICL baseline"].dropna().unique().tolist() == [pytest.approx(0.172)]
 
 
 def test_trajectory_marks_where_each_budgets_removals_end() -> None:
