@@ -200,7 +200,7 @@ def _icl_references(results: pd.DataFrame, teachers: list[str]) -> list[tuple[st
     dotted in its bars' colour (the paper's Figure 2 lines); the trivial baseline (what
     answering without in-context inference scores, bl_core.icl) dash-dotted grey."""
     lines = []
-    baselines = results["ICL baseline"].dropna() if "ICL baseline" in results else []
+    baselines = results["ICL baseline"].dropna()
     if len(baselines):  # the same queries for every model: one value
         value = float(baselines.iloc[0])
         label = f"trivial baseline (no ICL): {100 * value:.1f}%"
